@@ -1,0 +1,1 @@
+"""Data sets for rayml: synthetic generators (``rayml.datasets.fraud``) and loaders of bundled real data."""

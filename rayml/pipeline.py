@@ -1,0 +1,239 @@
+"""The job: validate -> featurize -> train -> evaluate -> export -> register, read top to bottom.
+
+Each stage writes its outputs and a ``manifest.json`` under ``<run.root>/<run name>/<stage>/``. Rerunning a
+run reuses every completed stage whose inputs (its config and upstream manifests) are unchanged, and an
+interrupted training stage resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from rayml import __version__, artifacts, featurize, runtime, train, validate
+from rayml import evaluate as evaluate_stage
+from rayml import export as export_stage
+from rayml.config import StrictModel, apply_overrides, load_yaml, parse
+from rayml.errors import ConfigError
+from rayml.evaluate import EvaluateConfig
+from rayml.export import ExportConfig
+from rayml.featurize import FeaturizeConfig
+from rayml.models import WEIGHTS_FILE
+from rayml.predictor import FEATURIZER_FILE, MODEL_FILE
+from rayml.runtime import RuntimeConfig
+from rayml.source import SourceConfig
+from rayml.split import SplitConfig
+from rayml.train import TrainConfig
+from rayml.validate import ValidateConfig
+
+log = logging.getLogger("rayml")
+NAME_PATTERN = artifacts.NAME_PATTERN
+
+
+class RunSection(StrictModel):
+    """Where a run's outputs go."""
+
+    root: str = Field("runs", min_length=1, description="directory holding run directories")
+    name: str | None = Field(
+        None, pattern=NAME_PATTERN, description="run directory name; default <job name>-<UTC time>. Reuse to resume"
+    )
+
+
+class RegistryConfig(StrictModel):
+    """Where the finished model is registered."""
+
+    root: str = Field("registry", min_length=1, description="registry root directory")
+    model_name: str = Field(pattern=NAME_PATTERN, description="model name in the registry: letters, digits, _-.")
+
+
+class JobConfig(StrictModel):
+    """A pipeline job: one YAML file in jobs/."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="job name, used in run directory names")
+    run: RunSection = Field(default_factory=RunSection)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    source: SourceConfig
+    validation: ValidateConfig
+    split: SplitConfig
+    features: FeaturizeConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    registry: RegistryConfig
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    """Parse a job file plus ``key=value`` overrides; every problem is reported at once."""
+    data = apply_overrides(load_yaml(path), overrides or [], source=str(path))
+    job = parse(JobConfig, data, source=str(path))
+    problems = cross_check(job)
+    if problems:
+        raise ConfigError(problems, str(path))
+    return job
+
+
+def cross_check(job: JobConfig) -> list[str]:
+    """Problems that span sections: every column a stage uses must be declared with a fitting type."""
+    types = {c.name: c.type for c in job.validation.columns}
+    problems = []
+
+    def need(path: str, column: str, allowed: tuple[str, ...]) -> None:
+        if column not in types:
+            problems.append(f"{path}: column {column!r} is not declared under validation.columns; declare it")
+        elif types[column] not in allowed:
+            problems.append(
+                f"{path}: column {column!r} has type {types[column]}; it needs one of {', '.join(allowed)}"
+            )
+
+    need("split.key", job.split.key, ("string", "int"))
+    need("features.label", job.features.label, ("int", "bool", "float"))
+    for name in job.features.numeric:
+        need("features.numeric", name, ("float", "int", "bool"))
+    for name in job.features.categorical:
+        need("features.categorical", name, ("string",))
+    for name in job.features.keep:
+        need("features.keep", name, ("string", "float", "int", "bool"))
+    ref = job.evaluate.reference_score_column
+    if ref is not None and ref not in job.features.keep:
+        problems.append(f"evaluate.reference_score_column: {ref!r} must also be listed in features.keep")
+    return problems
+
+
+def run(job: JobConfig) -> dict[str, Any]:
+    """Run every stage of ``job``; return the register stage's manifest (with the model's version dir)."""
+    run_dir = Path(job.run.root) / (job.run.name or f"{job.name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}")
+    artifacts.check_name(run_dir.name, "run.name")
+    log.info("run directory %s", run_dir)
+    log.info("%s", runtime.connect(job.runtime))
+    started = time.perf_counter()
+
+    validated = _stage(run_dir, "validate", [job.source, job.validation],
+                       lambda out: validate.run_stage(job.source, job.validation, out))
+    log.info("validate: read %d, valid %d, quarantined %d (%s)", validated["read_rows"], validated["valid_rows"],
+             validated["quarantined_rows"], validated["quarantine_path"])
+
+    featurized = _stage(run_dir, "featurize", [validated["fingerprint"], job.split, job.features],
+                        lambda out: featurize.run_stage(validated["valid_path"], split=job.split,
+                                                        config=job.features, out_dir=out))
+    log.info("featurize: %d features; rows %s", featurized["input_dim"], featurized["rows"])
+
+    trained = _stage(run_dir, "train", [featurized["fingerprint"], job.train],
+                     lambda out: _train(job, featurized, out))
+    evaluated = _stage(run_dir, "evaluate", [trained["fingerprint"], job.evaluate],
+                       lambda out: _evaluate(job, featurized, trained, out))
+    report = evaluated["report"]
+    log.info("evaluate (test): roc_auc=%s pr_auc=%s threshold=%.4f precision=%.3f recall=%.3f f1=%.3f",
+             _fmt(report["roc_auc"]), _fmt(report["pr_auc"]), report["threshold"], report["precision"],
+             report["recall"], report["f1"])
+
+    exported = _stage(run_dir, "export", [trained["fingerprint"], job.export],
+                      lambda out: export_stage.run_stage(trained["checkpoint"], model_config=job.train.model,
+                                                         input_dim=featurized["input_dim"],
+                                                         test_path=featurized["paths"]["test"], config=job.export,
+                                                         out_dir=out))
+    registered = _stage(run_dir, "register", [exported["fingerprint"], evaluated["fingerprint"], job.registry],
+                        lambda out: _register(job, run_dir, validated, featurized, trained, evaluated, exported))
+    log.info("registered %s (%.0f s in all)", registered["version_dir"], time.perf_counter() - started)
+    return registered
+
+
+def _stage(run_dir: Path, name: str, inputs: list[Any], body: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``body`` unless the stage already completed with the same inputs; return its manifest."""
+    out = run_dir / name
+    fingerprint = artifacts.fingerprint([i.model_dump() if isinstance(i, StrictModel) else i for i in inputs])
+    done = artifacts.read_manifest(out)
+    if done is not None and done.get("fingerprint") == fingerprint:
+        log.info("%s: reusing the completed stage in %s", name, out)
+        return done
+    log.info("%s: running", name)
+    started = time.perf_counter()
+    result = body(out)
+    result = {**result, "fingerprint": fingerprint, "seconds": round(time.perf_counter() - started, 2)}
+    artifacts.write_manifest(out, name, result)
+    return artifacts.read_manifest(out) or result
+
+
+def _train(job: JobConfig, featurized: dict[str, Any], out: Path) -> dict[str, Any]:
+    import ray.data
+
+    # Checkpoints are only resumed for the same featurized data and architecture; anything else starts over.
+    lineage = {"featurize": featurized["fingerprint"], "model": job.train.model.model_dump()}
+    lineage_file = out / "lineage.json"
+    if lineage_file.is_file() and artifacts.read_json(lineage_file) != lineage:
+        log.info("train: inputs changed since the last attempt; discarding its checkpoints")
+        shutil.rmtree(out)
+    artifacts.write_json(lineage_file, lineage)
+
+    columns = [featurize.FEATURES, featurize.LABEL]
+    data = {name: ray.data.read_parquet(featurized["paths"][name], columns=columns) for name in ("train", "val")}
+    weight = train.pos_weight(job.train, featurized["label_counts"])
+    result = train.fit(data["train"], data["val"], input_dim=featurized["input_dim"], positive_weight=weight,
+                       config=job.train, storage_dir=out)
+    return {**result, "pos_weight": weight, "final": result["history"][-1]}
+
+
+def _evaluate(job: JobConfig, featurized: dict[str, Any], trained: dict[str, Any], out: Path) -> dict[str, Any]:
+    import ray.data
+
+    keep = [job.evaluate.reference_score_column] if job.evaluate.reference_score_column else []
+    columns = [featurize.FEATURES, featurize.LABEL, *keep]
+    val = ray.data.read_parquet(featurized["paths"]["val"], columns=columns[:2])
+    test = ray.data.read_parquet(featurized["paths"]["test"], columns=columns)
+    return evaluate_stage.run_stage(val, test, checkpoint_dir=trained["checkpoint"], model=job.train.model,
+                                    input_dim=featurized["input_dim"], config=job.evaluate, out_dir=out)
+
+
+def _register(
+    job: JobConfig,
+    run_dir: Path,
+    validated: dict[str, Any],
+    featurized: dict[str, Any],
+    trained: dict[str, Any],
+    evaluated: dict[str, Any],
+    exported: dict[str, Any],
+) -> dict[str, Any]:
+    state = featurize.loads(Path(featurized["state_path"]).read_text())
+    inputs = set(featurize.input_columns(state))
+    files = {
+        MODEL_FILE: Path(exported["onnx_path"]),
+        FEATURIZER_FILE: Path(featurized["state_path"]),
+        WEIGHTS_FILE: Path(trained["checkpoint"]) / WEIGHTS_FILE,
+        "report.json": run_dir / "evaluate" / "report.json",
+    }
+    manifest = {
+        "task": "binary_classification",
+        "input_schema": [c.model_dump() for c in job.validation.columns if c.name in inputs],
+        "outputs": [{"name": "probability", "datatype": "FP32", "shape": [-1]}],
+        "threshold": evaluated["report"]["threshold"],
+        "metrics": {k: evaluated["report"][k] for k in ("roc_auc", "pr_auc", "precision", "recall", "f1")},
+        "parity": exported["parity"],
+        "model": {"config": job.train.model.model_dump(), "input_dim": featurized["input_dim"]},
+        "training": {"epochs": len(trained["history"]), "final": trained["final"]},
+        "data": {"source": job.source.model_dump(), "rows": featurized["rows"],
+                 "validate_fingerprint": validated["fingerprint"], "quarantined_rows": validated["quarantined_rows"]},
+        "code": {"rayml_version": __version__, "git_commit": _git_commit()},
+        "run_dir": str(run_dir),
+    }
+    version_dir = artifacts.register(job.registry.root, job.registry.model_name, files, manifest)
+    return {"version_dir": str(version_dir), "model_name": job.registry.model_name, "version": version_dir.name}
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -1,0 +1,272 @@
+"""Training: the explicit per-worker loop, and the ``TorchTrainer`` that launches it with DDP.
+
+Every epoch the loop reports metrics and a checkpoint (model, optimizer, epoch, RNG, history). A rerun of the
+same run directory, or Ray Train's own retry after a worker dies, finds that checkpoint through
+``ray.train.get_checkpoint()`` and continues at the next epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from rayml.evaluate import curves as evaluate
+from rayml.config import StrictModel
+from rayml.errors import ConfigError
+from rayml.models import WEIGHTS_FILE, ModelConfig, build_model
+
+if TYPE_CHECKING:
+    import ray.data
+
+log = logging.getLogger(__name__)
+
+OPTIMIZER_FILE = "optimizer.pt"
+RNG_FILE = "rng.pt"
+STATE_FILE = "state.json"
+RAY_RUN_NAME = "ray_train"  # checkpoints live in <storage_dir>/ray_train/checkpoint_*
+
+
+class TrainConfig(StrictModel):
+    """The training loop and how it is distributed."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="network architecture")
+    epochs: int = Field(10, ge=1, le=10_000, description="passes over the training split")
+    batch_size: int = Field(512, ge=1, le=1_048_576, description="rows per step on each worker")
+    lr: float = Field(1e-3, gt=0.0, le=10.0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay")
+    grad_clip: float | None = Field(1.0, gt=0.0, description="max gradient norm; null to disable")
+    class_weight: Literal["auto", "none"] | float = Field(
+        "auto", description="positive-class loss weight: auto = negatives/positives of the train split"
+    )
+    num_workers: int = Field(2, ge=1, le=1024, description="DDP workers")
+    cpus_per_worker: float = Field(1.0, gt=0.0, le=256.0, description="CPUs reserved by each worker")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto uses GPUs when the cluster has one per worker, else CPUs"
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed for initialization and shuffling")
+    max_failures: int = Field(2, ge=0, le=100, description="worker failures survived by restoring a checkpoint")
+
+
+def pos_weight(config: TrainConfig, label_counts: dict[str, int]) -> float:
+    """The positive-class weight of the loss."""
+    if config.class_weight == "none":
+        return 1.0
+    if config.class_weight == "auto":
+        negatives, positives = label_counts.get("0", 0), label_counts.get("1", 0)
+        return negatives / positives if positives else 1.0
+    return float(config.class_weight)
+
+
+def use_gpu(device: str, num_workers: int, cluster_gpus: float) -> bool:
+    """Whether the workers run on GPUs; ``cuda`` without enough GPUs is a config error, not a hang."""
+    if device == "cpu":
+        return False
+    if device == "cuda":
+        if cluster_gpus < num_workers:
+            raise ConfigError(
+                f"train.device: got 'cuda' but the cluster has {cluster_gpus:g} GPU(s) for {num_workers} "
+                "worker(s). Set train.device: auto (or cpu), or lower train.num_workers",
+                "train",
+            )
+        return True
+    return cluster_gpus >= num_workers > 0
+
+
+def fit(
+    train: ray.data.Dataset,
+    val: ray.data.Dataset,
+    *,
+    input_dim: int,
+    positive_weight: float,
+    config: TrainConfig,
+    storage_dir: str | Path,
+) -> dict[str, Any]:
+    """Train with Ray Train DDP; resumes if ``storage_dir`` holds checkpoints of an earlier attempt.
+
+    Returns ``{"checkpoint": path, "history": [...per-epoch metrics...], "use_gpu": bool}``.
+    """
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    gpu = use_gpu(config.device, config.num_workers, ray.cluster_resources().get("GPU", 0.0))
+    loop_config = {
+        "model": config.model.model_dump(),
+        "input_dim": input_dim,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "weight_decay": config.weight_decay,
+        "grad_clip": config.grad_clip,
+        "pos_weight": positive_weight,
+        "seed": config.seed,
+        "threads": max(1, int(config.cpus_per_worker)),
+    }
+    storage = Path(storage_dir).resolve()
+    storage.mkdir(parents=True, exist_ok=True)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.num_workers,
+            use_gpu=gpu,
+            resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=RAY_RUN_NAME,
+            storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+        ),
+        datasets={"train": train, "val": val},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training finished without a checkpoint under {storage}")
+    history = json.loads(Path(result.checkpoint.path, STATE_FILE).read_text())["history"]
+    return {"checkpoint": result.checkpoint.path, "history": history, "use_gpu": gpu}
+
+
+def train_loop(cfg: dict[str, Any]) -> None:
+    """The per-worker loop that Ray Train runs on every DDP worker."""
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(cfg["seed"])  # same seed on every rank: identical initial weights before DDP syncs them
+    device = ray.train.torch.get_device()
+
+    model = build_model(ModelConfig(**cfg["model"]), cfg["input_dim"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    start_epoch, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            start_epoch, history = load_checkpoint(Path(ckpt_dir), model, optimizer)
+        if rank == 0:
+            print(f"[rayml.train] resumed from checkpoint after epoch {start_epoch}", flush=True)
+    torch.manual_seed(cfg["seed"] + 1000 * start_epoch + rank)  # per-rank dropout/shuffle streams
+
+    model = ray.train.torch.prepare_model(model)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(cfg["pos_weight"], device=device))
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+
+    for epoch in range(start_epoch, cfg["epochs"]):
+        started = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of losses, rows]
+        for batch in train_shard.iter_torch_batches(
+            batch_size=cfg["batch_size"], dtypes=torch.float32, device=device,
+            local_shuffle_buffer_size=4 * cfg["batch_size"], local_shuffle_seed=cfg["seed"] + epoch,
+        ):
+            features, labels = batch["features"], batch["label"]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(features), labels)
+            loss.backward()
+            if cfg["grad_clip"] is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+            optimizer.step()
+            loss_sum += torch.tensor([loss.item() * len(labels), len(labels)], dtype=torch.float64, device=device)
+        train_seconds = time.perf_counter() - started
+
+        val_loss, hist = _validate(model, val_shard, loss_fn, cfg["batch_size"], device)
+        dist.all_reduce(loss_sum)
+        dist.all_reduce(val_loss)
+        pos = torch.from_numpy(hist.pos).to(device)
+        neg = torch.from_numpy(hist.neg).to(device)
+        dist.all_reduce(pos)
+        dist.all_reduce(neg)
+        hist = evaluate.ScoreHistogram(pos=pos.cpu().numpy(), neg=neg.cpu().numpy())
+        rows = int(loss_sum[1].item())
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": float(loss_sum[0] / max(loss_sum[1], 1)),
+            "val_loss": float(val_loss[0] / max(val_loss[1], 1)),
+            "val_roc_auc": _finite(evaluate.roc_auc(hist)),
+            "val_pr_auc": _finite(evaluate.average_precision(hist)),
+            "train_rows": rows,
+            "epoch_seconds": round(train_seconds, 3),
+            "samples_per_second": round(rows / train_seconds, 1) if train_seconds > 0 else 0.0,
+        }
+        history.append(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                save_checkpoint(Path(tmp), _unwrap(model), optimizer, epoch + 1, history)
+                print(
+                    f"[rayml.train] epoch {epoch + 1}/{cfg['epochs']} train_loss={metrics['train_loss']:.4f} "
+                    f"val_loss={metrics['val_loss']:.4f} val_roc_auc={metrics['val_roc_auc']:.4f} "
+                    f"val_pr_auc={metrics['val_pr_auc']:.4f} {metrics['samples_per_second']:.0f} rows/s",
+                    flush=True,
+                )
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report(metrics)
+
+
+def _validate(
+    model: torch.nn.Module, shard: Any, loss_fn: torch.nn.Module, batch_size: int, device: torch.device
+) -> tuple[torch.Tensor, evaluate.ScoreHistogram]:
+    model.eval()
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
+    parts = []
+    with torch.no_grad():
+        for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=torch.float32, device=device):
+            logits = model(batch["features"])
+            labels = batch["label"]
+            loss_sum += torch.tensor(
+                [loss_fn(logits, labels).item() * len(labels), len(labels)], dtype=torch.float64, device=device
+            )
+            parts.append(evaluate.histogram(torch.sigmoid(logits).cpu().numpy(), labels.cpu().numpy()))
+    return loss_sum, evaluate.merge(parts) if parts else evaluate.histogram(np.zeros(0), np.zeros(0))
+
+
+def save_checkpoint(
+    directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list[dict]
+) -> None:
+    """Write a resumable checkpoint: tensors via torch.save (loaded with weights_only), the rest as JSON."""
+    torch.save(model.state_dict(), directory / WEIGHTS_FILE)
+    torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
+    torch.save({"torch": torch.get_rng_state()}, directory / RNG_FILE)
+    (directory / STATE_FILE).write_text(json.dumps({"epoch": epoch, "history": history}, indent=2))
+
+
+def load_checkpoint(
+    directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> tuple[int, list[dict]]:
+    """Restore model (and optimizer, RNG) from ``directory``; return (epochs done, history)."""
+    try:
+        model.load_state_dict(torch.load(directory / WEIGHTS_FILE, weights_only=True, map_location="cpu"))
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"the checkpoint in {directory} does not fit this model ({str(exc).splitlines()[0]}); the "
+            "architecture changed since it was written. Use a new run.name to train from scratch",
+            "train.model",
+        ) from exc
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, weights_only=True, map_location="cpu"))
+        rng = torch.load(directory / RNG_FILE, weights_only=True)
+        torch.set_rng_state(rng["torch"])
+    state = json.loads((directory / STATE_FILE).read_text())
+    return int(state["epoch"]), list(state["history"])
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _finite(value: float) -> float:
+    return float(value) if math.isfinite(value) else 0.0

@@ -1,0 +1,309 @@
+"""Record-level validation: raw Arrow batches in, typed columns plus a per-record ``_error`` out.
+
+``validate_batch`` is pure (pyarrow/pandas only). It never raises on bad data: each record either comes out
+typed and valid, or is marked with every reason it failed, its source position, and its original values as
+JSON, so quarantine loses nothing. The Ray wiring lives in ``rayml.source``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import Field, field_validator, model_validator
+
+from rayml.config import StrictModel
+from rayml.errors import DataValidationError
+
+ColumnType = Literal["string", "float", "int", "bool", "timestamp"]
+
+ERROR = "_error"
+SOURCE_FILE = "_source_file"
+SOURCE_ROW = "_source_row"
+RAW = "_raw"
+META_COLUMNS = (ERROR, SOURCE_FILE, SOURCE_ROW, RAW)
+PROBLEM_SEPARATOR = " | "  # between the problems of one record; a single problem's text may contain "; "
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "float": pa.float64(),
+    "int": pa.int64(),
+    "bool": pa.bool_(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+}
+_TRUE = {"true", "t", "yes", "y", "1"}
+_FALSE = {"false", "f", "no", "n", "0"}
+
+
+class ColumnSpec(StrictModel):
+    """One expected column of the input records."""
+
+    name: str = Field(min_length=1, description="column name as it appears in the source")
+    type: ColumnType = Field(description="one of string, float, int, bool, timestamp")
+    nullable: bool = Field(False, description="whether a null value is valid")
+    min: float | None = Field(None, description="inclusive lower bound for float/int columns")
+    max: float | None = Field(None, description="inclusive upper bound for float/int columns")
+    allowed: list[str] | None = Field(None, min_length=1, description="the valid values of a string column")
+
+    @model_validator(mode="after")
+    def _bounds_fit_type(self) -> ColumnSpec:
+        if (self.min is not None or self.max is not None) and self.type not in ("float", "int"):
+            raise ValueError(f"min/max apply to float or int columns, not {self.type}; remove them")
+        if self.allowed is not None and self.type != "string":
+            raise ValueError(f"allowed applies to string columns, not {self.type}; remove it")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}; swap them")
+        return self
+
+
+class ValidateConfig(StrictModel):
+    """The record schema and how many bad records a run tolerates."""
+
+    columns: list[ColumnSpec] = Field(min_length=1, description="every column a record must have")
+    max_bad_fraction: float = Field(
+        0.05, ge=0.0, le=1.0, description="fail the run when quarantined/read exceeds this fraction"
+    )
+
+    @field_validator("columns")
+    @classmethod
+    def _unique_names(cls, columns: list[ColumnSpec]) -> list[ColumnSpec]:
+        seen: set[str] = set()
+        for col in columns:
+            if col.name in seen:
+                raise ValueError(f"column {col.name!r} is declared twice; keep one")
+            seen.add(col.name)
+        return columns
+
+
+def arrow_type(column_type: ColumnType) -> pa.DataType:
+    """The Arrow type a valid value of ``column_type`` has after validation."""
+    return _ARROW_TYPES[column_type]
+
+
+def output_schema(columns: list[ColumnSpec]) -> pa.Schema:
+    """Schema of ``validate_batch`` output: typed declared columns, then the metadata columns."""
+    fields = [pa.field(c.name, arrow_type(c.type)) for c in columns]
+    fields += [
+        pa.field(ERROR, pa.string()),
+        pa.field(SOURCE_FILE, pa.string()),
+        pa.field(SOURCE_ROW, pa.int64()),
+        pa.field(RAW, pa.string()),
+    ]
+    return pa.schema(fields)
+
+
+def validate_batch(
+    raw: pa.Table,
+    columns: list[ColumnSpec],
+    source_file: str,
+    first_row: int,
+    originals: list[str] | None = None,
+) -> pa.Table:
+    """Type and check every record of ``raw``; rows ``first_row..`` of ``source_file``.
+
+    Returns a table with ``output_schema(columns)``; ``_error`` is null for valid records and lists every
+    failed check (``'amount: got -3.0; below the minimum 0.01'``) for the rest, whose ``_raw`` holds the
+    original record: ``originals[i]`` when the caller has the source text (JSON lines), else JSON.
+    """
+    n = raw.num_rows
+    problems: list[list[str]] = [[] for _ in range(n)]
+    typed: list[pa.Array] = []
+    for spec in columns:
+        values, bad, why = _convert(raw, spec, n)
+        for i in np.flatnonzero(bad):
+            problems[i].append(f"{spec.name}: {why(int(i))}")
+        typed.append(values)
+
+    errors = [(PROBLEM_SEPARATOR.join(p) if p else None) for p in problems]
+    bad_rows = [i for i, p in enumerate(problems) if p]
+    raw_json: list[str | None] = [None] * n
+    if bad_rows and originals is not None:
+        for i in bad_rows:
+            raw_json[i] = originals[i]
+    elif bad_rows:
+        records = raw.take(pa.array(bad_rows, pa.int64())).to_pylist()
+        for i, record in zip(bad_rows, records):
+            raw_json[i] = json.dumps(record, default=str, sort_keys=True)
+    meta = [
+        pa.array(errors, pa.string()),
+        pa.array([source_file] * n, pa.string()),
+        pa.array(np.arange(first_row, first_row + n, dtype=np.int64)),
+        pa.array(raw_json, pa.string()),
+    ]
+    return pa.Table.from_arrays(typed + meta, schema=output_schema(columns))
+
+
+def _convert(raw: pa.Table, spec: ColumnSpec, n: int) -> tuple[pa.Array, np.ndarray, Any]:
+    """Typed values, a mask of failed rows, and a function giving the reason for one failed row."""
+    target = arrow_type(spec.type)
+    if spec.name not in raw.column_names:
+        return pa.nulls(n, target), np.ones(n, dtype=bool), lambda i: "missing column; every record needs it"
+
+    column = raw.column(spec.name).combine_chunks() if n else pa.array([], raw.schema.field(spec.name).type)
+    original = column.to_pandas() if n else pd.Series([], dtype=object)
+    present = ~pd.isna(original).to_numpy(dtype=bool) if n else np.zeros(0, dtype=bool)
+    converted, parsed = _parse(column, original, spec.type)
+    unparseable = present & ~parsed
+
+    null = ~parsed & ~present if not spec.nullable else np.zeros(n, dtype=bool)
+    low = np.zeros(n, dtype=bool)
+    high = np.zeros(n, dtype=bool)
+    outside = np.zeros(n, dtype=bool)
+    if spec.type in ("float", "int") and n:
+        numbers = pd.to_numeric(converted, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            if spec.min is not None:
+                low = parsed & (numbers < spec.min)
+            if spec.max is not None:
+                high = parsed & (numbers > spec.max)
+    if spec.allowed is not None and n:
+        outside = parsed & ~converted.isin(spec.allowed).to_numpy(dtype=bool)
+
+    def why(i: int) -> str:
+        value = original.iloc[i]
+        value = value.item() if isinstance(value, np.generic) else value
+        if unparseable[i]:
+            return f"got {value!r}; expected {_EXPECTED[spec.type]}"
+        if null[i]:
+            return "null but required; supply a value or declare the column nullable"
+        if low[i]:
+            return f"got {value!r}; below the minimum {spec.min}"
+        if high[i]:
+            return f"got {value!r}; above the maximum {spec.max}"
+        return f"got {value!r}; not one of the allowed values {spec.allowed}"
+
+    bad = unparseable | null | low | high | outside
+    keep = parsed & ~bad
+    values = pa.array(converted.where(keep, None), type=target, from_pandas=True) if n else pa.nulls(0, target)
+    return values, bad, why
+
+
+_EXPECTED = {
+    "string": "a string",
+    "float": "a number",
+    "int": "an integer",
+    "bool": "true or false",
+    "timestamp": "an ISO-8601 timestamp",
+}
+
+
+def _parse(column: pa.Array, original: pd.Series, column_type: ColumnType) -> tuple[pd.Series, np.ndarray]:
+    """Values converted to the target type (object/typed Series) and a mask of rows that converted."""
+    n = len(original)
+    if n == 0:
+        return original, np.zeros(0, dtype=bool)
+    src = column.type
+    if column_type == "string":
+        if pa.types.is_string(src) or pa.types.is_large_string(src):
+            series = original
+        else:
+            series = original.map(lambda v: None if _missing(v) else str(v))
+        return series, ~pd.isna(series).to_numpy(dtype=bool)
+    if column_type in ("float", "int"):
+        if pa.types.is_boolean(src) or pa.types.is_timestamp(src):
+            return pd.Series([None] * n, dtype=object), np.zeros(n, dtype=bool)
+        numbers = pd.to_numeric(original, errors="coerce").astype("float64")
+        finite = np.isfinite(numbers.to_numpy(dtype=float, na_value=np.nan))
+        if column_type == "int":
+            with np.errstate(invalid="ignore"):
+                finite &= np.equal(np.mod(numbers.to_numpy(dtype=float, na_value=np.nan), 1.0), 0.0)
+            return numbers.astype(object).where(finite, None).map(
+                lambda v: None if v is None else int(v)
+            ), finite
+        return numbers, finite
+    if column_type == "bool":
+        if pa.types.is_boolean(src):
+            return original, ~pd.isna(original).to_numpy(dtype=bool)
+        text = original.map(lambda v: None if _missing(v) else str(v).strip().lower())
+        mapped = text.map(lambda v: True if v in _TRUE else (False if v in _FALSE else None))
+        return mapped, ~pd.isna(mapped).to_numpy(dtype=bool)
+    # timestamp
+    if pa.types.is_timestamp(src):
+        # A naive timestamp is taken as UTC, which is what Arrow's cast to a zoned type does.
+        series = pc.cast(column, pa.timestamp("us", tz="UTC")).to_pandas()
+        return series, ~pd.isna(series).to_numpy(dtype=bool)
+    if pa.types.is_string(src) or pa.types.is_large_string(src):
+        stamps = pd.to_datetime(original, errors="coerce", utc=True, format="ISO8601")
+        return stamps, ~pd.isna(stamps).to_numpy(dtype=bool)
+    return pd.Series([None] * n, dtype=object), np.zeros(n, dtype=bool)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def run_stage(source: Any, config: ValidateConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Read ``source`` (a ``SourceConfig``) on Ray Data, validate every record, and write
+    ``<out_dir>/records/_status=valid`` and ``.../_status=quarantined`` in one streaming pass.
+
+    Fails with DataValidationError past ``config.max_bad_fraction``; the outputs stay on disk to inspect.
+    """
+    from rayml.source import list_files, read_validated
+
+    out = Path(out_dir)
+    records = out / "records"
+    if records.exists():
+        shutil.rmtree(records)  # a rerun of an interrupted stage starts clean instead of appending
+    dataset = read_validated(source, config.columns).map_batches(_with_status, batch_format="pyarrow")
+    dataset.write_parquet(str(records), partition_cols=[STATUS])
+    valid_rows = parquet_rows(records / f"{STATUS}={VALID}")
+    bad_rows = parquet_rows(records / f"{STATUS}={QUARANTINED}")
+    read_rows = valid_rows + bad_rows
+    by_column = _quarantine_by_column(records / f"{STATUS}={QUARANTINED}")
+    summary = {
+        "source": {"path": source.path, "format": source.format, "files": len(list_files(source.path, source.format))},
+        "read_rows": read_rows,
+        "valid_rows": valid_rows,
+        "quarantined_rows": bad_rows,
+        "quarantine_by_column": by_column,
+        "bad_fraction": bad_rows / read_rows if read_rows else 0.0,
+        "valid_path": str(records / f"{STATUS}={VALID}"),
+        "quarantine_path": str(records / f"{STATUS}={QUARANTINED}"),
+    }
+    if read_rows == 0:
+        raise DataValidationError(f"source {source.path!r} holds no records; nothing to train on")
+    if summary["bad_fraction"] > config.max_bad_fraction:
+        raise DataValidationError(
+            f"{bad_rows} of {read_rows} records ({summary['bad_fraction']:.2%}) failed validation, above "
+            f"validate.max_bad_fraction={config.max_bad_fraction:g}. Most failures by column: {by_column}. "
+            f"Inspect {summary['quarantine_path']}, fix the source or the schema, or raise the limit"
+        )
+    return summary
+
+
+STATUS = "_status"
+VALID = "valid"
+QUARANTINED = "quarantined"
+
+
+def _with_status(batch: pa.Table) -> pa.Table:
+    status = pc.if_else(pc.is_null(batch.column(ERROR)), VALID, QUARANTINED)
+    return batch.append_column(STATUS, status)
+
+
+def parquet_rows(directory: str | Path) -> int:
+    """Rows in every Parquet file under ``directory``, from file footers (no data is read)."""
+    path = Path(directory)
+    if not path.is_dir():
+        return 0
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in sorted(path.rglob("*.parquet")))
+
+
+def _quarantine_by_column(directory: Path) -> dict[str, int]:
+    """How many quarantined records failed a check on each column (reads only the ``_error`` column)."""
+    counts: dict[str, int] = {}
+    for file in sorted(directory.rglob("*.parquet")) if directory.is_dir() else []:
+        for message in pq.read_table(file, columns=[ERROR]).column(ERROR).to_pylist():
+            for problem in (message or "").split(PROBLEM_SEPARATOR):
+                column = problem.split(":", 1)[0]
+                if column:
+                    counts[column] = counts.get(column, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
