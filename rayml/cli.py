@@ -13,7 +13,8 @@ from rayml.errors import ConfigError, RaymlError
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[rayml] %(message)s", stream=sys.stdout, force=True)
+    logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(message)s", stream=sys.stdout, force=True)
+    logging.getLogger("rayml").setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

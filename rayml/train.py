@@ -157,7 +157,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
         with checkpoint.as_directory() as ckpt_dir:
             start_epoch, history = load_checkpoint(Path(ckpt_dir), model, optimizer)
         if rank == 0:
-            print(f"[rayml.train] resumed from checkpoint after epoch {start_epoch}", flush=True)
+            log.info("[rayml.train] resumed from the checkpoint written after epoch %d", start_epoch)
     torch.manual_seed(cfg["seed"] + 1000 * start_epoch + rank)  # per-rank dropout/shuffle streams
 
     model = ray.train.torch.prepare_model(model)
@@ -206,11 +206,10 @@ def train_loop(cfg: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
                 save_checkpoint(Path(tmp), _unwrap(model), optimizer, epoch + 1, history)
-                print(
-                    f"[rayml.train] epoch {epoch + 1}/{cfg['epochs']} train_loss={metrics['train_loss']:.4f} "
-                    f"val_loss={metrics['val_loss']:.4f} val_roc_auc={metrics['val_roc_auc']:.4f} "
-                    f"val_pr_auc={metrics['val_pr_auc']:.4f} {metrics['samples_per_second']:.0f} rows/s",
-                    flush=True,
+                log.info(
+                    "[rayml.train] epoch %d/%d train_loss=%.4f val_loss=%.4f val_roc_auc=%.4f val_pr_auc=%.4f "
+                    "%.1fs %.0f rows/s", epoch + 1, cfg["epochs"], metrics["train_loss"], metrics["val_loss"],
+                    metrics["val_roc_auc"], metrics["val_pr_auc"], train_seconds, metrics["samples_per_second"],
                 )
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:

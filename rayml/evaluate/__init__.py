@@ -57,7 +57,7 @@ class _Scorer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with torch.no_grad():
-            probs = self.model(torch.as_tensor(np.asarray(batch["features"], dtype=np.float32))).numpy()
+            probs = self.model(torch.tensor(np.asarray(batch["features"]), dtype=torch.float32)).numpy()
         labels = np.asarray(batch["label"])
         out = {"hist": np.array([json.dumps(curves.histogram(probs, labels).to_json())])}
         if self.reference:
@@ -78,6 +78,8 @@ def score(
 ) -> tuple[curves.ScoreHistogram, curves.ScoreHistogram | None, dict[str, int] | None]:
     """Score every row of a featurized split: merged model and reference histograms, and the exact confusion
     counts at ``threshold`` when one is given."""
+    import ray.data
+
     parts = dataset.map_batches(
         _Scorer,
         fn_constructor_kwargs={
@@ -89,7 +91,7 @@ def score(
         },
         batch_size=config.batch_rows,
         batch_format="numpy",
-        concurrency=1,
+        compute=ray.data.ActorPoolStrategy(size=1),
     ).take_all()
     hist = curves.merge(curves.ScoreHistogram.from_json(json.loads(p["hist"])) for p in parts)
     ref = None

@@ -30,7 +30,8 @@ def fit(table: pa.Table, config: F.FeaturizeConfig, chunks: int = 1) -> dict:
 def table() -> pa.Table:
     rng = np.random.default_rng(3)
     n = 5000
-    merchants = rng.choice(["grocery", "fuel", "travel", "online", "atm"], size=n, p=[0.4, 0.25, 0.15, 0.15, 0.05])
+    names = ["grocery", "fuel", "travel", "online", "atm"]
+    merchants = rng.choice(names, size=n, p=[0.4, 0.25, 0.15, 0.15, 0.05])
     return pa.table({
         "amount": rng.lognormal(3.0, 1.2, n),
         "age": rng.integers(18, 90, n).astype(np.int64),
@@ -93,14 +94,16 @@ def test_log1p_column_is_logged_before_scaling():
     spec = state["numeric"][0]
     assert spec["mean"] == pytest.approx(logged.mean())
     assert spec["std"] == pytest.approx(logged.std())
-    np.testing.assert_allclose(F.transform(t, state)[:, 0], (logged - logged.mean()) / logged.std(), rtol=1e-6)
+    expected = (logged - logged.mean()) / logged.std()
+    np.testing.assert_allclose(F.transform(t, state)[:, 0], expected, rtol=1e-6)
 
 
 def test_numeric_nulls_and_non_finite_values_impute_to_zero():
     config = F.FeaturizeConfig(label="y", numeric=["a"])
     train = pa.table({"a": [1.0, 2.0, 3.0], "y": [0, 1, 0]})
     state = fit(train, config)
-    batch = pa.table({"a": pa.array([None, 2.0, float("nan"), float("inf")], pa.float64()), "y": [0, 0, 0, 0]})
+    values = pa.array([None, 2.0, float("nan"), float("inf")], pa.float64())
+    batch = pa.table({"a": values, "y": [0, 0, 0, 0]})
     assert F.transform(batch, state)[:, 0].tolist() == [0.0, 0.0, 0.0, 0.0]
 
 
@@ -256,7 +259,9 @@ def test_column_both_numeric_and_categorical_is_rejected():
 
 
 def test_bounds_and_unknown_keys_reported_together():
-    problems = _problems({"label": "y", "numeric": ["a"], "max_categories": 0, "min_frequency": 0, "lg1p": []})
+    problems = _problems(
+        {"label": "y", "numeric": ["a"], "max_categories": 0, "min_frequency": 0, "lg1p": []}
+    )
     assert sorted(p.split(":", 1)[0] for p in problems) == ["lg1p", "max_categories", "min_frequency"]
 
 
@@ -282,7 +287,8 @@ def test_standardization_of_a_large_offset_column():
 @pytest.mark.xfail(
     strict=True,
     reason="partial_stats stores vocab as str(value) but transform matches the raw (int) values against "
-    "those strings, so a non-string categorical column (e.g. an int merchant code) is silently all '<unseen>'",
+    "those strings, so a non-string categorical column (e.g. an int merchant code) is silently all "
+    "'<unseen>'",
 )
 def test_integer_categorical_values_match_their_vocab():
     config = F.FeaturizeConfig(label="y", categorical=["mcc"])

@@ -30,7 +30,9 @@ def col(name: str, type_: str, **kw) -> ColumnSpec:
     return ColumnSpec(name=name, type=type_, **kw)
 
 
-def run(raw: pa.Table, columns: list[ColumnSpec], source_file: str = "data.parquet", first_row: int = 0, **kw):
+def run(
+    raw: pa.Table, columns: list[ColumnSpec], source_file: str = "data.parquet", first_row: int = 0, **kw
+):
     out = validate_batch(raw, columns, source_file, first_row, **kw)
     assert out.schema == output_schema(columns)
     assert out.num_rows == raw.num_rows
