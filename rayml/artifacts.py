@@ -31,7 +31,7 @@ def utc_now() -> str:
 
 def check_name(name: str, what: str) -> str:
     """Return ``name`` if it is a safe single path component, else raise RegistryError."""
-    if not _NAME.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):
         raise RegistryError(
             f"{what} {name!r} is not allowed; use 1-64 letters, digits, '_', '-' or '.', starting with a "
             "letter or digit"
@@ -44,10 +44,14 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-    os.replace(tmp, target)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=True, default=str)
+            fh.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return target
 
 
@@ -92,10 +96,14 @@ def register(registry: str | Path, model_name: str, files: dict[str, Path], mani
     try:
         checksums = {}
         for name, src in files.items():
+            check_name(name, "registry file name")
             shutil.copyfile(src, staging / name)
             checksums[name] = sha256_file(staging / name)
         for _ in range(100):
-            version = str(max(versions(model_dir), default=0) + 1)
+            # Any numeric directory counts, even one without a manifest (a crashed writer's leftover), so a
+            # retry never picks a taken number again.
+            taken = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
+            version = str(max(taken, default=0) + 1)
             record = {**manifest, "model_name": model_name, "version": version, "files": checksums,
                       "registered_at": utc_now()}
             write_json(staging / MANIFEST, record)
@@ -138,8 +146,13 @@ def verify(version_dir: str | Path) -> dict[str, Any]:
     manifest_path = vdir / MANIFEST
     if not manifest_path.is_file():
         raise RegistryError(f"{str(vdir)!r} has no {MANIFEST}; it is not a registered model version")
-    manifest = json.loads(manifest_path.read_text())
-    for name, expected in manifest.get("files", {}).items():
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"{manifest_path} is not valid JSON ({exc}); re-register the model") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise RegistryError(f"{manifest_path} has no 'files' checksums; re-register the model")
+    for name, expected in manifest["files"].items():
         check_name(name, "registry file name")
         path = vdir / name
         if not path.is_file():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,6 +14,7 @@ from pydantic_core import PydanticUndefined
 from rayml.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class StrictModel(BaseModel):
@@ -50,6 +52,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "o
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; people mean a number
         node = result
         parts = key.split(".")
         for part in parts[:-1]:
@@ -126,10 +130,16 @@ def _field_at(model: type[BaseModel], loc: list[str]) -> Any:
         field = node.model_fields.get(part)
         if field is None:
             return None
-        origin = getattr(field.annotation, "__origin__", None)
-        skip_next = origin in (list, dict, tuple)
+        skip_next = _is_container(field.annotation)
         node = _unwrap(field.annotation)
     return node
+
+
+def _is_container(annotation: Any) -> bool:
+    """Whether ``annotation`` is a list/dict/tuple, possibly inside ``| None``: its next loc part is an index."""
+    if getattr(annotation, "__origin__", None) in (list, dict, tuple):
+        return True
+    return any(_is_container(arg) for arg in getattr(annotation, "__args__", ()) if arg is not type(None))
 
 
 def _unwrap(annotation: Any) -> Any:

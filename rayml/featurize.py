@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from rayml.config import StrictModel
-from rayml.errors import DataValidationError
+from rayml.errors import DataValidationError, RegistryError
 from rayml.split import SPLITS
 
 STATE_VERSION = 1
@@ -61,14 +61,21 @@ def partial_stats(batch: pa.Table, config: FeaturizeConfig) -> dict[str, Any]:
     for name in config.numeric:
         values = _numeric(batch.column(name), name in config.log1p)
         finite = values[np.isfinite(values)]
-        numeric[name] = [float(finite.size), float(finite.sum()), float(np.square(finite).sum())]
+        mean = float(finite.mean()) if finite.size else 0.0
+        # (count, mean, sum of squared deviations): merges exactly, without the cancellation of E[x^2]-E[x]^2
+        numeric[name] = [float(finite.size), mean, float(np.square(finite - mean).sum())]
     categorical: dict[str, dict[str, int]] = {}
     for name in config.categorical:
-        counts = pc.value_counts(batch.column(name).combine_chunks() if batch.num_rows else pa.array([], pa.string()))
+        counts = pc.value_counts(_categories(batch.column(name)))
         categorical[name] = {
             str(v["values"]): int(v["counts"]) for v in counts.to_pylist() if v["values"] is not None
         }
     labels = _labels(batch.column(config.label)) if config.label in batch.column_names else np.zeros(0)
+    if not np.isfinite(labels).all() or not np.isin(labels, (0.0, 1.0)).all():
+        raise DataValidationError(
+            f"label column {config.label!r} holds nulls or values other than 0/1; declare it in validation.columns "
+            "as a non-nullable int with min 0 and max 1 so such records are quarantined"
+        )
     positives = int(labels.sum())
     return {
         "rows": batch.num_rows,
@@ -86,11 +93,14 @@ def merge_stats(partials: Iterable[dict[str, Any]], config: FeaturizeConfig) -> 
     rows = 0
     for part in partials:
         rows += part["rows"]
-        for name, (n, s, ss) in part["numeric"].items():
+        for name, (n, mean, m2) in part["numeric"].items():
             acc = sums[name]
-            acc[0] += n
-            acc[1] += s
-            acc[2] += ss
+            total = acc[0] + n
+            if total:
+                delta = mean - acc[1]
+                acc[1] += delta * n / total
+                acc[2] += m2 + delta * delta * acc[0] * n / total
+            acc[0] = total
         for name, values in part["categorical"].items():
             acc_counts = counts[name]
             for value, c in values.items():
@@ -100,10 +110,8 @@ def merge_stats(partials: Iterable[dict[str, Any]], config: FeaturizeConfig) -> 
 
     numeric = []
     for name in config.numeric:
-        n, s, ss = sums[name]
-        mean = s / n if n else 0.0
-        var = max(ss / n - mean * mean, 0.0) if n else 0.0
-        std = math.sqrt(var)
+        n, mean, m2 = sums[name]
+        std = math.sqrt(m2 / n) if n else 0.0
         # A constant (or empty) column scales by 1 so it maps to 0 instead of dividing by zero.
         numeric.append({"name": name, "log1p": name in config.log1p, "mean": mean, "std": std if std > 1e-12 else 1.0})
     categorical = []
@@ -142,7 +150,7 @@ def transform(batch: pa.Table, state: dict[str, Any]) -> np.ndarray:
         col += 1
     for spec in state["categorical"]:
         vocab = spec["vocab"]
-        raw = batch.column(spec["name"]).to_pandas() if n else pd.Series([], dtype=object)
+        raw = _categories(batch.column(spec["name"])).to_pandas()
         codes = pd.Categorical(raw.astype(object), categories=vocab).codes.astype(np.int64)
         codes[codes < 0] = len(vocab)
         out[np.arange(n), col + codes] = 1.0
@@ -167,9 +175,15 @@ def dumps(state: dict[str, Any]) -> str:
 
 def loads(text: str) -> dict[str, Any]:
     """Parse a fitted state written by ``dumps``, checking its version."""
-    state = json.loads(text)
-    if state.get("version") != STATE_VERSION:
-        raise ValueError(f"featurizer state version {state.get('version')!r}; this rayml reads {STATE_VERSION}")
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"featurizer state is not valid JSON ({exc}); re-run the featurize stage") from exc
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        found = state.get("version") if isinstance(state, dict) else None
+        raise RegistryError(
+            f"featurizer state version {found!r}; this rayml reads version {STATE_VERSION}. Re-run the pipeline"
+        )
     return state
 
 
@@ -180,6 +194,14 @@ def _numeric(column: pa.ChunkedArray | pa.Array, log: bool) -> np.ndarray:
         with np.errstate(invalid="ignore"):
             values = np.log1p(np.clip(values, 0.0, None))
     return values
+
+
+def _categories(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A categorical column as text, matching how its vocabulary is stored (an int code 7 is '7')."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    return array if pa.types.is_string(array.type) else pc.cast(array, pa.string())
 
 
 def _labels(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -14,7 +14,9 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+import numpy as np
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -65,8 +67,17 @@ def list_files(path: str, fmt: SourceFormat) -> list[str]:
     return found
 
 
-def iter_raw_batches(path: str, fmt: SourceFormat, batch_rows: int) -> Iterator[tuple[pa.Table, int, list[str] | None]]:
-    """Yield ``(raw_table, first_row, originals)`` batches of one file, never the whole file at once."""
+class RawBatch(NamedTuple):
+    """Records of one file as read, before validation."""
+
+    table: pa.Table  # columns as found in the file (any types)
+    rows: int | np.ndarray  # source position of the first record, or of each record
+    originals: list[str] | None  # the source text of each record, where the format has one
+    problems: list[str | None] | None  # a reader-level reason that quarantines the record (e.g. not JSON)
+
+
+def iter_raw_batches(path: str, fmt: SourceFormat, batch_rows: int) -> Iterator[RawBatch]:
+    """Batches of at most ``batch_rows`` records of one file, never the whole file at once."""
     if fmt == "parquet":
         yield from _parquet_batches(path, batch_rows)
     elif fmt == "csv":
@@ -77,8 +88,8 @@ def iter_raw_batches(path: str, fmt: SourceFormat, batch_rows: int) -> Iterator[
 
 def validated_batches(path: str, fmt: SourceFormat, batch_rows: int, columns: list[ColumnSpec]) -> Iterator[pa.Table]:
     """Validated batches of one file, each with ``validate.output_schema(columns)``."""
-    for raw, first_row, originals in iter_raw_batches(path, fmt, batch_rows):
-        yield validate_batch(raw, columns, path, first_row, originals)
+    for batch in iter_raw_batches(path, fmt, batch_rows):
+        yield validate_batch(batch.table, columns, path, batch.rows, batch.originals, batch.problems)
 
 
 def read_validated(source: SourceConfig, columns: list[ColumnSpec]) -> ray.data.Dataset:
@@ -91,76 +102,105 @@ def read_validated(source: SourceConfig, columns: list[ColumnSpec]) -> ray.data.
     )
 
 
-def _parquet_batches(path: str, batch_rows: int) -> Iterator[tuple[pa.Table, int, None]]:
+def _parquet_batches(path: str, batch_rows: int) -> Iterator[RawBatch]:
     try:
         reader = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataValidationError(f"{path}: not a readable Parquet file ({exc}); remove or replace it") from exc
     first = 0
     for batch in reader.iter_batches(batch_size=batch_rows):
-        yield pa.Table.from_batches([batch]), first, None
+        yield RawBatch(pa.Table.from_batches([batch]), first, None, None)
         first += batch.num_rows
 
 
-def _csv_batches(path: str, batch_rows: int) -> Iterator[tuple[pa.Table, int, list[str] | None]]:
+def _csv_batches(path: str, batch_rows: int) -> Iterator[RawBatch]:
+    """CSV read as text. A row with the wrong number of fields is quarantined whole, at its own position.
+
+    Positions are 0-based data-row indexes (line number - 2, the header being line 1), exact as long as no
+    quoted field spans lines.
+    """
     with open(path, newline="") as fh:
         header = next(csv.reader(fh), None)
     if not header:
         return
-    malformed: list[str] = []
+    skipped: list[tuple[int, str]] = []  # (data-row index, text) of malformed rows, in file order
 
     def on_invalid(row: Any) -> str:
-        malformed.append(row.text)
+        index = row.number - 2 if row.number is not None else -1
+        skipped.append((index, row.text))
         return "skip"
 
-    # Every column is read as text so that one bad value becomes one quarantined record, not a failed read.
+    # Every column is read as text, and only an empty field is null: one bad value becomes one quarantined
+    # record instead of a failed read, and literal text such as "NA" stays text.
     reader = pacsv.open_csv(
         path,
-        read_options=pacsv.ReadOptions(block_size=1 << 22),
+        read_options=pacsv.ReadOptions(block_size=1 << 22, use_threads=False),
         parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
         convert_options=pacsv.ConvertOptions(
-            column_types={name: pa.string() for name in header}, strings_can_be_null=True
+            column_types={name: pa.string() for name in header}, null_values=[""], strings_can_be_null=True
         ),
     )
-    first = 0
-    for batch in reader:
-        table = pa.Table.from_batches([batch])
+    good = 0  # good rows seen so far
+    emitted = 0  # malformed rows already yielded
+    for block in reader:
+        table = pa.Table.from_batches([block])
         for start in range(0, table.num_rows, batch_rows):
             chunk = table.slice(start, batch_rows)
-            yield chunk, first, None
-            first += chunk.num_rows
-    if malformed:
-        # Rows with the wrong number of fields: the record is kept whole, as text, under every column name
-        # so validation reports each missing field and quarantine holds the original line.
-        table = pa.table({name: pa.nulls(len(malformed), pa.string()) for name in header})
-        yield table, first, [f"malformed CSV row ({len(header)} fields expected): {t}" for t in malformed]
+            # The parser reports a block's malformed rows before handing the block over, so every skipped
+            # row before this chunk is known: shift each good row past the skipped rows at or before it.
+            positions = np.arange(good, good + chunk.num_rows, dtype=np.int64)
+            for index, _ in skipped:
+                positions[positions >= index] += 1
+            yield RawBatch(chunk, positions, None, None)
+            good += chunk.num_rows
+        pending = skipped[emitted:]
+        if pending:
+            yield _malformed_csv(header, pending)
+            emitted = len(skipped)
+    pending = skipped[emitted:]
+    if pending:
+        yield _malformed_csv(header, pending)
 
 
-def _jsonl_batches(path: str, batch_rows: int) -> Iterator[tuple[pa.Table, int, list[str]]]:
-    first = 0
+def _malformed_csv(header: list[str], rows: list[tuple[int, str]]) -> RawBatch:
+    table = pa.table({name: pa.nulls(len(rows), pa.string()) for name in header})
+    reason = f"malformed CSV row: expected {len(header)} comma-separated fields"
+    return RawBatch(
+        table, np.array([i for i, _ in rows], dtype=np.int64), [text for _, text in rows], [reason] * len(rows)
+    )
+
+
+def _jsonl_batches(path: str, batch_rows: int) -> Iterator[RawBatch]:
+    """JSON lines; positions are 0-based line numbers (blank lines count but yield no record)."""
     lines: list[str] = []
+    positions: list[int] = []
     with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
+        for number, line in enumerate(fh):
             if not line.strip():
                 continue
             lines.append(line.rstrip("\n"))
+            positions.append(number)
             if len(lines) == batch_rows:
-                yield _json_table(lines), first, lines
-                first += len(lines)
-                lines = []
+                yield _json_batch(lines, positions)
+                lines, positions = [], []
     if lines:
-        yield _json_table(lines), first, lines
+        yield _json_batch(lines, positions)
 
 
-def _json_table(lines: list[str]) -> pa.Table:
-    """Records of JSON lines as a table of text columns; a line that is not a JSON object has all nulls."""
+def _json_batch(lines: list[str], positions: list[int]) -> RawBatch:
     records: list[Any] = []
+    problems: list[str | None] = []
     for line in lines:
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            records.append(None)
-    return records_table(records)
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            record, problem = None, f"not valid JSON ({exc})"
+        else:
+            problem = None if isinstance(record, dict) else f"not a JSON object (got {type(record).__name__})"
+        records.append(record)
+        problems.append(problem)
+    table = records_table(records)
+    return RawBatch(table, np.array(positions, dtype=np.int64), lines, problems if any(problems) else None)
 
 
 def records_table(records: list[Any]) -> pa.Table:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from rayml.config import StrictModel
@@ -36,9 +37,11 @@ class SplitConfig(StrictModel):
 
 def assign(keys: pa.Array | pa.ChunkedArray, train: float, val: float, seed: int) -> np.ndarray:
     """The split name of each key: an array of 'train', 'val' or 'test' (object dtype)."""
-    values = np.asarray(keys.to_pandas(), dtype=object)
-    # pandas' hash_array is a keyed SipHash: stable across processes and runs, unlike Python's hash().
-    hashed = pd.util.hash_array(values, hash_key=f"rayml-split{seed:05d}"[:16].ljust(16, "0"))
+    # Keys are hashed as text so that 5 is "5" whatever else shares its batch (a null would turn a pandas int
+    # column into floats). pandas' hash_array is a keyed SipHash: stable across processes, unlike hash().
+    text = keys if pa.types.is_string(keys.type) else pc.cast(keys, pa.string())
+    values = np.asarray(text.to_pandas(), dtype=object)
+    hashed = pd.util.hash_array(values, hash_key=f"{seed:016d}")
     position = (hashed % _BUCKETS).astype(np.float64) / _BUCKETS
     names = np.full(len(values), "test", dtype=object)
     names[position < train + val] = "val"

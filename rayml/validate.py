@@ -104,22 +104,32 @@ def validate_batch(
     raw: pa.Table,
     columns: list[ColumnSpec],
     source_file: str,
-    first_row: int,
+    first_row: int | np.ndarray,
     originals: list[str] | None = None,
+    known_problems: list[str | None] | None = None,
 ) -> pa.Table:
-    """Type and check every record of ``raw``; rows ``first_row..`` of ``source_file``.
+    """Type and check every record of ``raw`` from ``source_file``.
+
+    ``first_row`` is the source position of the first record (the rest follow on), or an array giving each
+    record's position. ``known_problems[i]``, when set, quarantines record ``i`` whatever its values (the
+    reader found it malformed, e.g. a line that is not JSON).
 
     Returns a table with ``output_schema(columns)``; ``_error`` is null for valid records and lists every
     failed check (``'amount: got -3.0; below the minimum 0.01'``) for the rest, whose ``_raw`` holds the
-    original record: ``originals[i]`` when the caller has the source text (JSON lines), else JSON.
+    original record: ``originals[i]`` when the caller has the source text, else strict JSON.
     """
     n = raw.num_rows
     problems: list[list[str]] = [[] for _ in range(n)]
+    if known_problems is not None:
+        for i, problem in enumerate(known_problems):
+            if problem:
+                problems[i].append(problem)
     typed: list[pa.Array] = []
     for spec in columns:
         values, bad, why = _convert(raw, spec, n)
         for i in np.flatnonzero(bad):
-            problems[i].append(f"{spec.name}: {why(int(i))}")
+            if not (known_problems is not None and known_problems[i]):
+                problems[i].append(f"{spec.name}: {why(int(i))}")
         typed.append(values)
 
     errors = [(PROBLEM_SEPARATOR.join(p) if p else None) for p in problems]
@@ -131,11 +141,15 @@ def validate_batch(
     elif bad_rows:
         records = raw.take(pa.array(bad_rows, pa.int64())).to_pylist()
         for i, record in zip(bad_rows, records):
-            raw_json[i] = json.dumps(record, default=str, sort_keys=True)
+            raw_json[i] = json.dumps(_jsonable(record), sort_keys=True, allow_nan=False)
+    if isinstance(first_row, np.ndarray):
+        positions = first_row.astype(np.int64)
+    else:
+        positions = np.arange(first_row, first_row + n, dtype=np.int64)
     meta = [
         pa.array(errors, pa.string()),
         pa.array([source_file] * n, pa.string()),
-        pa.array(np.arange(first_row, first_row + n, dtype=np.int64)),
+        pa.array(positions),
         pa.array(raw_json, pa.string()),
     ]
     return pa.Table.from_arrays(typed + meta, schema=output_schema(columns))
@@ -158,7 +172,9 @@ def _convert(raw: pa.Table, spec: ColumnSpec, n: int) -> tuple[pa.Array, np.ndar
     high = np.zeros(n, dtype=bool)
     outside = np.zeros(n, dtype=bool)
     if spec.type in ("float", "int") and n:
-        numbers = pd.to_numeric(converted, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        numbers = pd.to_numeric(converted.where(parsed, None), errors="coerce").to_numpy(
+            dtype=float, na_value=np.nan
+        )
         with np.errstate(invalid="ignore"):
             if spec.min is not None:
                 low = parsed & (numbers < spec.min)
@@ -195,45 +211,103 @@ _EXPECTED = {
 }
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _parse(column: pa.Array, original: pd.Series, column_type: ColumnType) -> tuple[pd.Series, np.ndarray]:
-    """Values converted to the target type (object/typed Series) and a mask of rows that converted."""
+    """Values converted to the target type (a Series) and a mask of the rows that converted.
+
+    Conversions go through Arrow where the source is already typed, so integers keep full int64 precision
+    and a null in an int column does not turn its other values into floats.
+    """
     n = len(original)
     if n == 0:
         return original, np.zeros(0, dtype=bool)
     src = column.type
+    textual = pa.types.is_string(src) or pa.types.is_large_string(src)
+    integer = pa.types.is_integer(src)
+    numeric = integer or pa.types.is_floating(src) or pa.types.is_decimal(src)
     if column_type == "string":
-        if pa.types.is_string(src) or pa.types.is_large_string(src):
+        if textual:
             series = original
+        elif numeric or pa.types.is_boolean(src) or pa.types.is_timestamp(src):
+            series = pc.cast(column, pa.string()).to_pandas()
         else:
             series = original.map(lambda v: None if _missing(v) else str(v))
         return series, ~pd.isna(series).to_numpy(dtype=bool)
-    if column_type in ("float", "int"):
-        if pa.types.is_boolean(src) or pa.types.is_timestamp(src):
+    if column_type == "int":
+        if integer:
+            try:
+                series = pd.Series(pc.cast(column, pa.int64()).to_pylist(), dtype=object)
+            except pa.ArrowInvalid:  # uint64 values past int64: judge value by value
+                series = pd.Series(column.to_pylist(), dtype=object).map(_to_int)
+            return series, ~pd.isna(series).to_numpy(dtype=bool)
+        if not (numeric or textual):
             return pd.Series([None] * n, dtype=object), np.zeros(n, dtype=bool)
-        numbers = pd.to_numeric(original, errors="coerce").astype("float64")
+        series = original.map(_to_int)
+        return series, ~pd.isna(series).to_numpy(dtype=bool)
+    if column_type == "float":
+        if not (numeric or textual):
+            return pd.Series([None] * n, dtype=object), np.zeros(n, dtype=bool)
+        source = pc.cast(column, pa.float64()).to_pandas() if numeric else original
+        numbers = pd.to_numeric(source, errors="coerce").astype("float64")
         finite = np.isfinite(numbers.to_numpy(dtype=float, na_value=np.nan))
-        if column_type == "int":
-            with np.errstate(invalid="ignore"):
-                finite &= np.equal(np.mod(numbers.to_numpy(dtype=float, na_value=np.nan), 1.0), 0.0)
-            return numbers.astype(object).where(finite, None).map(
-                lambda v: None if v is None else int(v)
-            ), finite
         return numbers, finite
     if column_type == "bool":
         if pa.types.is_boolean(src):
             return original, ~pd.isna(original).to_numpy(dtype=bool)
-        text = original.map(lambda v: None if _missing(v) else str(v).strip().lower())
-        mapped = text.map(lambda v: True if v in _TRUE else (False if v in _FALSE else None))
+        if numeric:
+            values = pc.cast(column, pa.float64()).to_pylist()
+            mapped = pd.Series([True if v == 1 else (False if v == 0 else None) for v in values], dtype=object)
+        else:
+            text = original.map(lambda v: None if _missing(v) else str(v).strip().lower())
+            mapped = text.map(lambda v: True if v in _TRUE else (False if v in _FALSE else None))
         return mapped, ~pd.isna(mapped).to_numpy(dtype=bool)
     # timestamp
     if pa.types.is_timestamp(src):
         # A naive timestamp is taken as UTC, which is what Arrow's cast to a zoned type does.
         series = pc.cast(column, pa.timestamp("us", tz="UTC")).to_pandas()
         return series, ~pd.isna(series).to_numpy(dtype=bool)
-    if pa.types.is_string(src) or pa.types.is_large_string(src):
-        stamps = pd.to_datetime(original, errors="coerce", utc=True, format="ISO8601")
+    if textual or pa.types.is_dictionary(src):
+        stamps = pd.to_datetime(original.astype(object), errors="coerce", utc=True, format="ISO8601")
         return stamps, ~pd.isna(stamps).to_numpy(dtype=bool)
     return pd.Series([None] * n, dtype=object), np.zeros(n, dtype=bool)
+
+
+def _to_int(value: Any) -> int | None:
+    """An exact int64 from an int, an integral float, or text such as '42', '42.0' or '4.2e1'; else None."""
+    if _missing(value):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        number = int(value)
+    else:
+        text = str(value).strip()
+        try:
+            number = int(text)
+        except ValueError:
+            try:
+                as_float = float(text)
+            except ValueError:
+                return None
+            if not math.isfinite(as_float) or not as_float.is_integer():
+                return None
+            number = int(as_float)
+    return number if _INT64_MIN <= number <= _INT64_MAX else None
+
+
+def _jsonable(value: Any) -> Any:
+    """A record made strictly JSON-safe: NaN/inf floats and other non-JSON values become strings."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
 
 
 def _missing(value: Any) -> bool:

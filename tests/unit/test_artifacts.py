@@ -185,14 +185,9 @@ def test_fingerprint_is_stable_and_order_independent():
     assert len(A.fingerprint({})) == 16
 
 
-# ---------------------------------------------------------------- known bugs
+# ---------------------------------------------------------------- regressions (bugs found and fixed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="write_json does not remove its mkstemp file when json.dump fails (e.g. a non-str dict key), so a "
-    "'.out.json.XXXX.tmp' file is left behind next to the target",
-)
 def test_write_json_leaves_no_temp_file_when_serialization_fails(tmp_path):
     target = tmp_path / "out.json"
     A.write_json(target, {"ok": True})
@@ -202,11 +197,6 @@ def test_write_json_leaves_no_temp_file_when_serialization_fails(tmp_path):
     assert os.listdir(tmp_path) == ["out.json"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="verify() json.loads the manifest unguarded: a truncated/corrupt manifest.json raises "
-    "json.JSONDecodeError instead of RegistryError ('A registered model is ... malformed')",
-)
 def test_verify_reports_corrupt_manifest_as_registry_error(tmp_path, files):
     vdir = A.register(tmp_path / "registry", "fraud", files, {})
     (vdir / A.MANIFEST).write_text('{"files": {')
@@ -214,11 +204,6 @@ def test_verify_reports_corrupt_manifest_as_registry_error(tmp_path, files):
         A.verify(vdir)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="register() validates the model name but not the keys of `files`: '../escape' is copied to "
-    "<registry>/<model>/escape, outside the version directory",
-)
 def test_register_rejects_file_names_that_leave_the_version_dir(tmp_path, files):
     registry = tmp_path / "registry"
     try:
@@ -228,22 +213,11 @@ def test_register_rejects_file_names_that_leave_the_version_dir(tmp_path, files)
     assert not (registry / "fraud" / "escape").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_name uses re.match with '$', which also matches before a trailing newline, so 'model\\n' "
-    "is accepted (use fullmatch or \\Z)",
-)
 def test_check_name_rejects_trailing_newline():
     with pytest.raises(RegistryError):
         A.check_name("model\n", "model name")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="register() recomputes the same next version on every retry: a stray non-empty directory named "
-    "like the next version but without a manifest makes every rename fail and, after 100 tries, raises "
-    "'could not allocate a version' (with no hint of the cause)",
-)
 def test_register_skips_a_stray_non_version_directory(tmp_path, files):
     registry = tmp_path / "registry"
     A.register(registry, "fraud", files, {})
