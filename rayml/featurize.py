@@ -233,7 +233,7 @@ def run_stage(
         shutil.rmtree(out)  # a rerun of an interrupted stage starts clean instead of appending
     out.mkdir(parents=True)
     needed = sorted({config.label, split.key, *config.numeric, *config.categorical, *config.keep})
-    records = ray.data.read_parquet(valid_path, columns=needed, partitioning=None)
+    records = ray.data.read_parquet(valid_path, partitioning=None).select_columns(needed)
     by_split = {
         name: records.map_batches(
             _take_split, fn_kwargs={"name": name, "key": split.key, "train": split.train, "val": split.val,

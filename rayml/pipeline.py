@@ -173,7 +173,12 @@ def _train(job: JobConfig, featurized: dict[str, Any], out: Path) -> dict[str, A
     artifacts.write_json(lineage_file, lineage)
 
     columns = [featurize.FEATURES, featurize.LABEL]
-    data = {name: ray.data.read_parquet(featurized["paths"][name], columns=columns) for name in ("train", "val")}
+    data = {}
+    for name in ("train", "val"):
+        dataset = ray.data.read_parquet(featurized["paths"][name]).select_columns(columns)
+        if train.cache_in_memory(job.train.cache, featurized["paths"][name]):
+            dataset = dataset.materialize()  # every epoch then iterates the object store, not the files
+        data[name] = dataset
     weight = train.pos_weight(job.train, featurized["label_counts"])
     result = train.fit(data["train"], data["val"], input_dim=featurized["input_dim"], positive_weight=weight,
                        config=job.train, storage_dir=out)
@@ -185,8 +190,8 @@ def _evaluate(job: JobConfig, featurized: dict[str, Any], trained: dict[str, Any
 
     keep = [job.evaluate.reference_score_column] if job.evaluate.reference_score_column else []
     columns = [featurize.FEATURES, featurize.LABEL, *keep]
-    val = ray.data.read_parquet(featurized["paths"]["val"], columns=columns[:2])
-    test = ray.data.read_parquet(featurized["paths"]["test"], columns=columns)
+    val = ray.data.read_parquet(featurized["paths"]["val"]).select_columns(columns[:2])
+    test = ray.data.read_parquet(featurized["paths"]["test"]).select_columns(columns)
     return evaluate_stage.run_stage(val, test, checkpoint_dir=trained["checkpoint"], model=job.train.model,
                                     input_dim=featurized["input_dim"], config=job.evaluate, out_dir=out)
 

@@ -55,6 +55,20 @@ class TrainConfig(StrictModel):
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed for initialization and shuffling")
     max_failures: int = Field(2, ge=0, le=100, description="worker failures survived by restoring a checkpoint")
+    cache: Literal["auto", "always", "never"] = Field(
+        "auto", description="hold the featurized splits in Ray's object store across epochs; auto = under 1 GiB"
+    )
+
+
+CACHE_AUTO_BYTES = 1 << 30
+
+
+def cache_in_memory(policy: str, path: str | Path) -> bool:
+    """Whether to materialize a featurized split: re-reading small files every epoch costs more than they do."""
+    if policy != "auto":
+        return policy == "always"
+    size = sum(f.stat().st_size for f in Path(path).rglob("*.parquet"))
+    return size <= CACHE_AUTO_BYTES
 
 
 def pos_weight(config: TrainConfig, label_counts: dict[str, int]) -> float:
