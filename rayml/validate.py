@@ -347,7 +347,7 @@ def run_stage(source: Any, config: ValidateConfig, out_dir: str | Path) -> dict[
     if summary["bad_fraction"] > config.max_bad_fraction:
         raise DataValidationError(
             f"{bad_rows} of {read_rows} records ({summary['bad_fraction']:.2%}) failed validation, above "
-            f"validate.max_bad_fraction={config.max_bad_fraction:g}. Most failures by column: {by_column}. "
+            f"validation.max_bad_fraction={config.max_bad_fraction:g}. Most failures by column: {by_column}. "
             f"Inspect {summary['quarantine_path']}, fix the source or the schema, or raise the limit"
         )
     return summary

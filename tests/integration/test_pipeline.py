@@ -1,0 +1,100 @@
+"""The fraud job end to end on a real local Ray: quality, quarantine, manifests, registry, rerun and resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import onnx
+import pyarrow.parquet as pq
+import pytest
+
+from rayml import artifacts, pipeline
+from rayml.errors import DataValidationError
+from rayml.validate import ERROR, RAW, SOURCE_FILE, SOURCE_ROW
+from tests.integration.conftest import JOB, job_overrides
+
+pytestmark = pytest.mark.integration
+
+STAGES = ("validate", "featurize", "train", "evaluate", "export", "register")
+
+
+def manifest(run_dir, stage) -> dict:
+    return json.loads((run_dir / stage / "manifest.json").read_text())
+
+
+def test_model_reaches_95_percent_of_the_best_achievable_roc_auc(fraud_run):
+    report = manifest(fraud_run["run_dir"], "evaluate")["report"]
+    assert report["n"] > 3000 and report["positives"] > 40
+    assert report["roc_auc"] >= 0.95 * report["reference_roc_auc"], report
+    assert 0.0 < report["threshold"] < 1.0
+    cm = report["confusion_matrix"]
+    assert cm["tp"] + cm["fn"] == report["positives"] and sum(cm.values()) == report["n"]
+    for key in ("pr_auc", "precision", "recall", "f1"):
+        assert 0.0 <= report[key] <= 1.0
+
+
+def test_quarantine_reconciles_with_the_injected_bad_records(fraud_run, fraud_data):
+    summary = fraud_data["summary"]
+    validated = manifest(fraud_run["run_dir"], "validate")
+    assert validated["read_rows"] == summary["rows"] == validated["valid_rows"] + validated["quarantined_rows"]
+    assert validated["quarantined_rows"] == summary["bad_rows"] > 0
+    quarantined = pq.ParquetDataset(validated["quarantine_path"]).read().to_pylist()
+    ids = [json.loads(row[RAW])["transaction_id"] for row in quarantined]
+    assert sorted(ids) == sorted(summary["bad_ids"])  # exactly the injected records, each once
+    for row in quarantined:
+        assert row[ERROR] and row[SOURCE_FILE].endswith(".parquet") and row[SOURCE_ROW] >= 0
+    featurized = manifest(fraud_run["run_dir"], "featurize")
+    assert sum(featurized["rows"].values()) == validated["valid_rows"]
+
+
+def test_every_stage_writes_a_manifest_and_the_registry_verifies(fraud_run):
+    for stage in STAGES:
+        assert manifest(fraud_run["run_dir"], stage)["stage"] == stage
+    version_dir = fraud_run["registered"]["version_dir"]
+    registered = artifacts.verify(version_dir)
+    assert set(registered["files"]) == {"model.onnx", "featurizer.json", "model.pt", "report.json"}
+    assert registered["parity"]["passed"] and registered["parity"]["max_abs_diff"] <= 1e-4
+    inputs = {c["name"] for c in registered["input_schema"]}
+    job = fraud_run["job"]
+    assert inputs == set(job.features.numeric) | set(job.features.categorical)
+    graph = onnx.load(f"{version_dir}/model.onnx").graph
+    batch_dim = graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value  # a dynamic batch axis
+    for plot in ("roc.png", "pr.png"):
+        assert (fraud_run["run_dir"] / "evaluate" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    history = manifest(fraud_run["run_dir"], "train")["history"]
+    assert [h["epoch"] for h in history] == list(range(1, 7))
+
+
+def test_rerun_reuses_completed_stages(fraud_run, caplog):
+    caplog.set_level("INFO", logger="rayml")
+    again = pipeline.run(fraud_run["job"])
+    assert again["version_dir"] == fraud_run["registered"]["version_dir"]  # not registered twice
+    reused = [r.getMessage() for r in caplog.records if "reusing the completed stage" in r.getMessage()]
+    assert len(reused) == len(STAGES)
+
+
+def test_stopped_training_resumes_at_the_next_epoch(fraud_run, fraud_data, tmp_path):
+    run_dir = tmp_path / "resume"
+    for stage in ("validate", "featurize"):  # the data stages are reused, training starts fresh
+        shutil.copytree(fraud_run["run_dir"] / stage, run_dir / stage)
+    base = job_overrides(fraud_data["path"], tmp_path, "run.name=resume")
+    first = pipeline.run(pipeline.load_job(JOB, [*base, "train.epochs=1"]))
+    first_history = manifest(run_dir, "train")["history"]
+    second = pipeline.run(pipeline.load_job(JOB, [*base, "train.epochs=3"]))
+    history = manifest(run_dir, "train")["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[0] == first_history[0]  # epoch 1 (with its wall time) came from the checkpoint
+    checkpoints = sorted((run_dir / "train" / "ray_train").glob("checkpoint_*"))
+    assert len(checkpoints) == 3  # one from the first attempt, two from the resumed one
+    assert int(second["version"]) == int(first["version"]) + 1
+
+
+def test_too_many_bad_records_fail_the_run_with_a_clear_message(fraud_data, tmp_path, ray_cluster):
+    job = pipeline.load_job(JOB, job_overrides(fraud_data["path"], tmp_path, "validation.max_bad_fraction=0.001"))
+    with pytest.raises(DataValidationError) as info:
+        pipeline.run(job)
+    message = str(info.value)
+    assert "200 of 20000 records (1.00%)" in message and "validation.max_bad_fraction=0.001" in message
+    assert "quarantined" in message
