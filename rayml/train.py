@@ -45,8 +45,10 @@ class TrainConfig(StrictModel):
     lr: float = Field(1e-3, gt=0.0, le=10.0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay")
     grad_clip: float | None = Field(1.0, gt=0.0, description="max gradient norm; null to disable")
-    class_weight: Literal["auto", "none"] | float = Field(
-        "auto", description="positive-class loss weight: auto = negatives/positives of the train split"
+    class_weight: Literal["auto", "sqrt", "none"] | float = Field(
+        "auto",
+        description="positive-class loss weight: auto = negatives/positives of the train split, sqrt = its "
+        "square root (tempered: keeps ranking quality on rare positives), none = 1, or a number",
     )
     num_workers: int = Field(2, ge=1, le=1024, description="DDP workers")
     cpus_per_worker: float = Field(1.0, gt=0.0, le=256.0, description="CPUs reserved by each worker")
@@ -75,9 +77,10 @@ def pos_weight(config: TrainConfig, label_counts: dict[str, int]) -> float:
     """The positive-class weight of the loss."""
     if config.class_weight == "none":
         return 1.0
-    if config.class_weight == "auto":
+    if config.class_weight in ("auto", "sqrt"):
         negatives, positives = label_counts.get("0", 0), label_counts.get("1", 0)
-        return negatives / positives if positives else 1.0
+        ratio = negatives / positives if positives else 1.0
+        return math.sqrt(ratio) if config.class_weight == "sqrt" else ratio
     return float(config.class_weight)
 
 

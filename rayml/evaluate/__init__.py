@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 
 from rayml.config import StrictModel
 from rayml.evaluate import curves
+from rayml.evaluate.plots import plot_curves
 from rayml.models import ModelConfig, Probability, load_trained
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ def run_stage(
         "roc_auc": _json_float(curves.roc_auc(val_hist)),
         "pr_auc": _json_float(curves.average_precision(val_hist)),
     }
-    plots = curves.plot_curves(test_hist, out, reference=ref_hist)
+    plots = plot_curves(test_hist, out, reference=ref_hist)
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=False))
     return {"report": report, "plots": [p.name for p in plots]}
 

@@ -1,4 +1,4 @@
-"""Evaluation of binary classifiers: mergeable score histograms, curves, metrics, report and plots.
+"""Evaluation of binary classifiers: mergeable score histograms, curves, metrics and report.
 
 Scores are never collected into one process. Each batch is summarized by ``histogram`` into a fixed-size
 count of positives and negatives per score bin, partial histograms are summed by ``merge``, and every
@@ -16,7 +16,7 @@ Undefined ranking metrics (ROC AUC with one class missing, average precision wit
 ``nan`` from the metric functions and ``None`` (JSON ``null``) in ``report``: a stand-in such as 0.5
 would look like a measurement and could pass a quality gate on a broken evaluation split.
 
-This module is the pure core; it imports no Ray.
+This module is the pure core; it imports no Ray. The ROC and PR plots are drawn by ``rayml.evaluate.plots``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -300,53 +299,6 @@ def report(
     return out
 
 
-def plot_curves(
-    h: ScoreHistogram, out_dir: str | Path, reference: ScoreHistogram | None = None
-) -> list[Path]:
-    """Write ``roc.png`` and ``pr.png`` into ``out_dir`` (created if needed) and return their paths.
-
-    The AUC / AP is in each legend; a ``reference`` histogram is drawn dashed.
-    """
-    # Imported here so importing rayml.evaluate stays cheap; an explicit Agg canvas renders off-screen
-    # without switching the process-wide pyplot backend (which would surprise a notebook user).
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    curves = [("model", h, "-")]
-    if reference is not None:
-        curves.append(("reference", reference, "--"))
-
-    roc_fig = Figure(figsize=(5, 5))
-    FigureCanvasAgg(roc_fig)
-    ax = roc_fig.add_subplot()
-    for name, hist, style in curves:
-        fpr, tpr, _ = roc_curve(hist)
-        ax.plot(fpr, tpr, style, label=f"{name} (AUC = {_fmt(roc_auc(hist))})")
-    ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right")
-    roc_path = out / "roc.png"
-    roc_fig.savefig(roc_path, dpi=100, bbox_inches="tight")
-
-    pr_fig = Figure(figsize=(5, 5))
-    FigureCanvasAgg(pr_fig)
-    ax = pr_fig.add_subplot()
-    for name, hist, style in curves:
-        precision, recall, _ = pr_curve(hist)
-        # where="pre" holds each precision over the recall step ending at it, as average_precision sums.
-        ax.step(recall, precision, style, where="pre", label=f"{name} (AP = {_fmt(average_precision(hist))})")
-    if h.n > 0:
-        ax.axhline(h.positives / h.n, linestyle=":", color="grey", label="chance (positive rate)")
-    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="upper right")
-    pr_path = out / "pr.png"
-    pr_fig.savefig(pr_path, dpi=100, bbox_inches="tight")
-    return [roc_path, pr_path]
-
-
 def exact_roc_auc(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """Exact ROC AUC by ranks (Mann-Whitney U, tied scores share their mean rank); ``nan`` for one class.
 
@@ -466,7 +418,3 @@ def _ratio(num: int, den: int) -> float:
 
 def _json_float(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
-
-
-def _fmt(x: float) -> str:
-    return "n/a" if math.isnan(x) else f"{x:.3f}"

@@ -25,7 +25,7 @@ def manifest(run_dir, stage) -> dict:
 
 def test_model_reaches_95_percent_of_the_best_achievable_roc_auc(fraud_run):
     report = manifest(fraud_run["run_dir"], "evaluate")["report"]
-    assert report["n"] > 3000 and report["positives"] > 40
+    assert report["n"] > 7000 and report["positives"] > 80
     assert report["roc_auc"] >= 0.95 * report["reference_roc_auc"], report
     assert 0.0 < report["threshold"] < 1.0
     cm = report["confusion_matrix"]
@@ -86,7 +86,7 @@ def test_stopped_training_resumes_at_the_next_epoch(fraud_run, fraud_data, tmp_p
     history = manifest(run_dir, "train")["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[0] == first_history[0]  # epoch 1 (with its wall time) came from the checkpoint
-    checkpoints = sorted((run_dir / "train" / "ray_train").glob("checkpoint_*"))
+    checkpoints = [p for p in (run_dir / "train" / "ray_train").glob("checkpoint_*") if p.is_dir()]
     assert len(checkpoints) == 3  # one from the first attempt, two from the resumed one
     assert int(second["version"]) == int(first["version"]) + 1
 
@@ -96,5 +96,7 @@ def test_too_many_bad_records_fail_the_run_with_a_clear_message(fraud_data, tmp_
     with pytest.raises(DataValidationError) as info:
         pipeline.run(job)
     message = str(info.value)
-    assert "200 of 20000 records (1.00%)" in message and "validation.max_bad_fraction=0.001" in message
+    summary = fraud_data["summary"]
+    assert f"{summary['bad_rows']} of {summary['rows']} records (1.00%)" in message
+    assert "validation.max_bad_fraction=0.001" in message
     assert "quarantined" in message

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rayml.evaluate import curves as ev
+from rayml.evaluate import plots
 from rayml.errors import RaymlError
 
 
@@ -220,7 +221,7 @@ def test_plot_curves_writes_pngs(tmp_path) -> None:
     p, y = _fraud_like(n=5_000, seed=7)
     h = ev.histogram(p, y)
     ref = ev.histogram(_sigmoid(np.log(p / (1 - p)) * 0.5), y)
-    paths = ev.plot_curves(h, tmp_path / "plots", reference=ref)
+    paths = plots.plot_curves(h, tmp_path / "plots", reference=ref)
     assert [x.name for x in paths] == ["roc.png", "pr.png"]
     for path in paths:
         data = path.read_bytes()
