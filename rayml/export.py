@@ -106,7 +106,8 @@ def run_stage(
     out.mkdir(parents=True, exist_ok=True)
     model = load_trained(checkpoint_dir, model_config, input_dim)
     path = export_onnx(model, input_dim, out / "model.onnx", opset=config.opset)
-    rows = ray.data.read_parquet(test_path).select_columns([FEATURES]).take_batch(config.parity_rows, batch_format="numpy")
+    test = ray.data.read_parquet(test_path).select_columns([FEATURES])
+    rows = test.take_batch(config.parity_rows, batch_format="numpy")
     features = np.asarray(rows[FEATURES], dtype=np.float32)
     report = parity(model, path, features, config.tolerance)
     log.info("export: parity max |diff| %.2e on %d rows (tolerance %g)", report["max_abs_diff"], report["rows"],

@@ -1,6 +1,6 @@
 """Training: the explicit per-worker loop, and the ``TorchTrainer`` that launches it with DDP.
 
-Every epoch the loop reports metrics and a checkpoint (model, optimizer, epoch, RNG, history). A rerun of the
+Every epoch the loop reports metrics and a checkpoint (model, optimizer, epoch, history). A rerun of the
 same run directory, or Ray Train's own retry after a worker dies, finds that checkpoint through
 ``ray.train.get_checkpoint()`` and continues at the next epoch.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OPTIMIZER_FILE = "optimizer.pt"
-RNG_FILE = "rng.pt"
 STATE_FILE = "state.json"
 RAY_RUN_NAME = "ray_train"  # checkpoints live in <storage_dir>/ray_train/checkpoint_*
 
@@ -175,7 +173,6 @@ def train_loop(cfg: dict[str, Any]) -> None:
             start_epoch, history = load_checkpoint(Path(ckpt_dir), model, optimizer)
         if rank == 0:
             log.info("[rayml.train] resumed from the checkpoint written after epoch %d", start_epoch)
-    torch.manual_seed(cfg["seed"] + 1000 * start_epoch + rank)  # per-rank dropout/shuffle streams
 
     model = ray.train.torch.prepare_model(model)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(cfg["pos_weight"], device=device))
@@ -183,6 +180,9 @@ def train_loop(cfg: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("val")
 
     for epoch in range(start_epoch, cfg["epochs"]):
+        # Each epoch's random stream (dropout) is a function of (seed, epoch, rank), so a run resumed at epoch k
+        # draws exactly what an uninterrupted run would have.
+        torch.manual_seed(cfg["seed"] + 1_000_003 * (epoch + 1) + rank)
         started = time.perf_counter()
         model.train()
         loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of losses, rows]
@@ -253,17 +253,17 @@ def _validate(
 def save_checkpoint(
     directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list[dict]
 ) -> None:
-    """Write a resumable checkpoint: tensors via torch.save (loaded with weights_only), the rest as JSON."""
+    """Write a resumable checkpoint: state dicts via torch.save (loaded with weights_only), the rest as JSON.
+    No RNG state is needed: the loop reseeds from (seed, epoch, rank) at the start of every epoch."""
     torch.save(model.state_dict(), directory / WEIGHTS_FILE)
     torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
-    torch.save({"torch": torch.get_rng_state()}, directory / RNG_FILE)
     (directory / STATE_FILE).write_text(json.dumps({"epoch": epoch, "history": history}, indent=2))
 
 
 def load_checkpoint(
     directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
 ) -> tuple[int, list[dict]]:
-    """Restore model (and optimizer, RNG) from ``directory``; return (epochs done, history)."""
+    """Restore model (and optimizer) from ``directory``; return (epochs done, history)."""
     try:
         model.load_state_dict(torch.load(directory / WEIGHTS_FILE, weights_only=True, map_location="cpu"))
     except RuntimeError as exc:
@@ -274,8 +274,6 @@ def load_checkpoint(
         ) from exc
     if optimizer is not None:
         optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, weights_only=True, map_location="cpu"))
-        rng = torch.load(directory / RNG_FILE, weights_only=True)
-        torch.set_rng_state(rng["torch"])
     state = json.loads((directory / STATE_FILE).read_text())
     return int(state["epoch"]), list(state["history"])
 
