@@ -63,13 +63,16 @@ def _query(url: str, model: str, data: Path) -> None:
         print(f"POST /predict/{model} (malformed) -> {response.status_code} {json.dumps(response.json())}")
 
 
-def _sample(data: Path) -> list[dict]:
-    """Three frauds and three legitimate transactions from the first good file, as JSON-ready records."""
-    first = sorted(p for p in data.rglob("part-0*.parquet"))[0]
-    rows = pads.dataset(str(first), format="parquet").to_table().to_pylist()
-    frauds = [r for r in rows if r["is_fraud"] == 1][:3]
-    legit = [r for r in rows if r["is_fraud"] == 0][:3]
-    picked = frauds + legit
-    for row in picked:
-        row["event_time"] = row["event_time"].isoformat()
-    return picked
+def _sample(data: Path, each: int = 3) -> list[dict]:
+    """``each`` frauds and ``each`` legitimate transactions from the good files, as JSON-ready records."""
+    frauds: list[dict] = []
+    legit: list[dict] = []
+    for path in sorted(data.rglob("part-0*.parquet")):
+        for row in pads.dataset(str(path), format="parquet").to_table().to_pylist():
+            bucket = frauds if row["is_fraud"] == 1 else legit
+            if len(bucket) < each:
+                row["event_time"] = row["event_time"].isoformat()
+                bucket.append(row)
+        if len(frauds) == each and len(legit) == each:
+            break
+    return frauds + legit

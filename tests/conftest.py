@@ -43,6 +43,8 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
     cluster = Cluster(free_port(), free_port(), free_port(), free_port())
     env = {**os.environ, "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    # As in an activated virtual environment: `python` in a job's entrypoint is this interpreter.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("RAY_ADDRESS", None)
     log = open(tmp_path_factory.mktemp("ray") / "ray-start.log", "w")
     ray_bin = Path(sys.executable).with_name("ray")

@@ -22,7 +22,7 @@ def test_demo_trains_serves_and_answers_http(ray_cluster, tmp_path):
     )
     out = done.stdout
     assert done.returncode == 0, (out + done.stderr)[-4000:]
-    assert "GET  /v2/health/ready -> 200" in out
+    assert "GET  /v2/health/ready -> 200" in out, out[-4000:]
     assert "POST /predict/fraud (6 transactions) -> 200" in out
     assert out.count(" -> p=") == 6
     assert "POST /predict/fraud (malformed) -> 400" in out and "instances[0].amount: got 'twelve'" in out
