@@ -36,7 +36,7 @@ def main(rows: int, workdir: Path, port: int = 8000, overrides: list[str] | None
     where = runtime.connect(job.runtime)
     try:
         registered = pipeline.run(job)
-        url = rayml_serve.start(registered["version_dir"], port=port)
+        url = rayml_serve.start(rayml_serve.args_for_model_dir(registered["version_dir"]), port=port)
         _query(url, job.registry.model_name, data)
     finally:
         from ray import serve

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from pydantic import Field
 
@@ -50,13 +52,20 @@ def export_onnx(model: torch.nn.Module, input_dim: int, path: str | Path, opset:
     return target
 
 
-def onnx_session(path: str | Path, threads: int = 1, providers: list[str] | None = None) -> Any:
-    """An onnxruntime session; CUDA first when the GPU build and a device are present."""
+def onnx_session(
+    path: str | Path, threads: int = 1, providers: list[str] | None = None, spinning: bool = False
+) -> Any:
+    """An onnxruntime session; CUDA first when the GPU build and a device are present.
+
+    Thread spinning is off unless asked for: a spinning worker thread burns a core while waiting for work,
+    which only pays when the replica owns its cores.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     available = ort.get_available_providers()
     chosen = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     return ort.InferenceSession(str(path), sess_options=options, providers=chosen)
@@ -91,25 +100,69 @@ def run_stage(
     checkpoint_dir: str,
     *,
     model_config: Any,
-    input_dim: int,
+    state: dict[str, Any],
+    held_out: pa.Table,
+    train_sample: pa.Table,
     test_path: str,
     config: ExportConfig,
     out_dir: str | Path,
 ) -> dict[str, Any]:
-    """Export the checkpoint to ``<out_dir>/model.onnx`` and gate it on parity over held-out test rows."""
+    """Export the checkpoint, fuse the featurizer into it, and gate both graphs on parity.
+
+    Writes ``model_features.onnx`` (features -> probability), ``model.onnx`` (raw columns -> probability, the
+    served graph) and ``reference.json`` (the training distribution of each input, for drift). ``held_out``
+    holds raw, validated test rows; edge cases (unseen categories, nulls) are added to it for the fused gate.
+    """
     import ray.data
 
+    from rayml import drift
     from rayml.featurize import FEATURES
+    from rayml.fuse import fuse, fused_parity
     from rayml.models import load_trained
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    input_dim = state["output_dim"]
     model = load_trained(checkpoint_dir, model_config, input_dim)
-    path = export_onnx(model, input_dim, out / "model.onnx", opset=config.opset)
+    plain = export_onnx(model, input_dim, out / "model_features.onnx", opset=config.opset)
     test = ray.data.read_parquet(test_path).select_columns([FEATURES])
     rows = test.take_batch(config.parity_rows, batch_format="numpy")
     features = np.asarray(rows[FEATURES], dtype=np.float32)
-    report = parity(model, path, features, config.tolerance)
-    log.info("export: parity max |diff| %.2e on %d rows (tolerance %g)", report["max_abs_diff"], report["rows"],
-             config.tolerance)
-    return {"onnx_path": str(path), "parity": report, "input_dim": input_dim, "opset": config.opset}
+    report = parity(model, plain, features, config.tolerance)
+    fused = fuse(state, plain, out / "model.onnx")
+    edge_cases = with_edge_cases(held_out.slice(0, config.parity_rows), state)
+    fused_report = fused_parity(state, model, fused, edge_cases, config.tolerance)
+    log.info("export: parity max |diff| %.2e (features), %.2e (fused, %d rows incl. unseen/null); tolerance %g",
+             report["max_abs_diff"], fused_report["max_abs_diff"], fused_report["rows"], config.tolerance)
+    numeric = [s["name"] for s in state["numeric"]]
+    categorical = [s["name"] for s in state["categorical"]]
+    columns = {name: train_sample.column(name).to_numpy(zero_copy_only=False) for name in numeric + categorical}
+    profile = drift.reference_profile(columns, numeric, categorical)
+    (out / "reference.json").write_text(json.dumps(profile, indent=2, sort_keys=True))
+    return {
+        "onnx_path": str(fused),
+        "features_onnx_path": str(plain),
+        "reference_path": str(out / "reference.json"),
+        "parity": report,
+        "fused_parity": fused_report,
+        "input_dim": input_dim,
+        "opset": config.opset,
+    }
+
+
+UNSEEN = "__rayml_unseen__"
+
+
+def with_edge_cases(table: pa.Table, state: dict[str, Any], rows: int = 32) -> pa.Table:
+    """``table`` plus copies of its first rows with every categorical unseen, and with every input null."""
+    k = min(rows, table.num_rows)
+    head = table.slice(0, k)
+    unseen = head
+    nulls = head
+    for spec in state["categorical"]:
+        index = head.schema.get_field_index(spec["name"])
+        unseen = unseen.set_column(index, spec["name"], pa.array([UNSEEN] * k, head.schema.field(index).type))
+    for spec in [*state["numeric"], *state["categorical"]]:
+        index = head.schema.get_field_index(spec["name"])
+        nulls = nulls.set_column(index, spec["name"], pa.nulls(k, head.schema.field(index).type))
+    return pa.concat_tables([table, unseen, nulls])

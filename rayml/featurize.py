@@ -234,14 +234,7 @@ def run_stage(
     out.mkdir(parents=True)
     needed = sorted({config.label, split.key, *config.numeric, *config.categorical, *config.keep})
     records = ray.data.read_parquet(valid_path, partitioning=None).select_columns(needed)
-    by_split = {
-        name: records.map_batches(
-            _take_split, fn_kwargs={"name": name, "key": split.key, "train": split.train, "val": split.val,
-                                    "seed": split.seed},
-            batch_format="pyarrow",
-        )
-        for name in SPLITS
-    }
+    by_split = split_datasets(records, split)
     partials = by_split["train"].map_batches(
         _partial_stats_json, fn_kwargs={"config": config.model_dump()}, batch_format="pyarrow"
     ).take_all()
@@ -265,6 +258,18 @@ def run_stage(
 
 
 STATE_FILE = "featurizer.json"
+
+
+def split_datasets(records: Any, split: Any) -> dict[str, Any]:
+    """Lazy train/val/test Ray Datasets over ``records`` (a Ray Dataset), by ``split`` (a SplitConfig)."""
+    return {
+        name: records.map_batches(
+            _take_split, fn_kwargs={"name": name, "key": split.key, "train": split.train, "val": split.val,
+                                    "seed": split.seed},
+            batch_format="pyarrow",
+        )
+        for name in SPLITS
+    }
 
 
 def _take_split(batch: pa.Table, name: str, key: str, train: float, val: float, seed: int) -> pa.Table:

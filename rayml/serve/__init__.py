@@ -16,30 +16,92 @@ import signal
 import threading
 from typing import Any
 
-from pydantic import Field, model_validator
+from pathlib import Path
 
-from rayml.config import StrictModel, apply_overrides, parse
+from pydantic import Field, field_validator, model_validator
+
+from rayml import artifacts
+from rayml.artifacts import NAME_PATTERN
+from rayml.config import StrictModel, apply_overrides, load_yaml, parse
+from rayml.errors import ConfigError
+from rayml.serve.routing import ModelRoutes
 
 log = logging.getLogger(__name__)
 
 
-class ServeConfig(StrictModel):
-    """One served model: the arguments of ``build_app`` (the ``args`` of a serve_configs/ application)."""
+class CanaryConfig(StrictModel):
+    """A candidate version that takes a share of live traffic."""
 
-    model_dir: str = Field(min_length=1, description="<registry>/<model> (latest version) or a version dir")
+    version: str = Field(pattern=NAME_PATTERN, description="registered version number, e.g. '3'")
+    weight: float = Field(gt=0.0, lt=1.0, description="share of requests it answers, e.g. 0.1 for 90/10")
+
+
+class ShadowConfig(StrictModel):
+    """A candidate version that gets a copy of live traffic; its answers are recorded, never returned."""
+
+    version: str = Field(pattern=NAME_PATTERN, description="registered version number")
+    fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of live requests copied to it")
+
+
+class ModelEntry(StrictModel):
+    """One model name and the versions served under it."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="registered model name (<registry>/<name>)")
+    versions: list[str] = Field(
+        default_factory=list, description="versions to load; empty = the latest registered version"
+    )
+    default_version: str | None = Field(None, description="answers requests without a version; default: newest")
+    canary: CanaryConfig | None = None
+    shadow: ShadowConfig | None = None
+
+    @field_validator("versions")
+    @classmethod
+    def _version_names(cls, versions: list[str]) -> list[str]:
+        for version in versions:
+            if not version.isdigit():
+                raise ValueError(f"version {version!r} is not a registered version number like '1'")
+        return versions
+
+
+class AutoscalingConfig(StrictModel):
+    """Ray Serve autoscaling of the model replicas."""
+
+    min_replicas: int = Field(1, ge=0, le=1024)
+    max_replicas: int = Field(4, ge=1, le=1024)
+    target_ongoing_requests: float = Field(32.0, gt=0.0, description="per replica, before scaling up")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} exceeds max_replicas {self.max_replicas}")
+        return self
+
+
+class ServeConfig(StrictModel):
+    """A rayml Serve application: the ``args`` of ``build_app`` (a serve_configs/ application)."""
+
+    registry: str = Field("registry", min_length=1, description="registry root directory")
+    models: list[ModelEntry] = Field(min_length=1, description="models (and versions) this application serves")
     max_batch_size: int = Field(256, ge=1, le=65_536, description="max rows per ONNX Runtime call")
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=10.0, description="max wait for a batch to fill")
+    max_concurrent_batches: int = Field(1, ge=1, le=64, description="batches scored at once per replica")
     max_request_rows: int = Field(256, ge=1, le=65_536, description="max instances in one request (413 past it)")
     max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30, description="max request body size (413 past it)")
     max_ongoing_requests: int | None = Field(
         None, ge=1, le=100_000, description="per replica; default 2 x max_batch_size so batches can form"
     )
-    num_replicas: int = Field(1, ge=1, le=1024, description="replicas of the model deployment")
+    num_replicas: int = Field(1, ge=1, le=1024, description="replicas (ignored when autoscaling is set)")
+    autoscaling: AutoscalingConfig | None = Field(None, description="autoscale replicas instead of a fixed count")
     num_cpus: float = Field(1.0, gt=0.0, le=256.0, description="CPUs reserved per replica")
-    ort_threads: int = Field(1, ge=1, le=256, description="ONNX Runtime intra-op threads per replica")
+    ort_threads: int | None = Field(None, ge=1, le=256, description="ONNX Runtime threads; default = num_cpus")
+    auth_token_env: str | None = Field(
+        None, pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="environment variable holding a bearer token required on every non-health route",
+    )
+    drift_window_rows: int = Field(10_000, ge=100, le=10_000_000, description="live rows compared for drift")
 
     @model_validator(mode="after")
-    def _batches_can_form(self) -> ServeConfig:
+    def _consistent(self) -> ServeConfig:
         if self.max_request_rows > self.max_batch_size:
             raise ValueError(
                 f"max_request_rows ({self.max_request_rows}) exceeds max_batch_size ({self.max_batch_size}); "
@@ -50,51 +112,127 @@ class ServeConfig(StrictModel):
                 f"max_ongoing_requests ({self.max_ongoing_requests}) is below max_batch_size "
                 f"({self.max_batch_size}); a replica would never see enough requests to fill a batch"
             )
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a model is listed twice in models: {names}; list each name once")
         return self
 
     def ongoing_requests(self) -> int:
         return self.max_ongoing_requests or 2 * self.max_batch_size
 
+    def threads(self) -> int:
+        return self.ort_threads or max(1, int(self.num_cpus))
+
+
+def resolve_routes(config: ServeConfig) -> dict[str, ModelRoutes]:
+    """Versions to load and routes per model, checked against the registry (fails at deploy time)."""
+    routes = {}
+    problems = []
+    for entry in config.models:
+        registered = [str(v) for v in artifacts.versions(Path(config.registry) / entry.name)]
+        if not registered:
+            problems.append(f"models: {entry.name!r} has no registered version under {config.registry}")
+            continue
+        wanted = list(entry.versions) or [registered[-1]]
+        for extra in (entry.canary, entry.shadow):
+            if extra is not None and extra.version not in wanted:
+                wanted.append(extra.version)
+        missing = [v for v in wanted if v not in registered]
+        if missing:
+            problems.append(
+                f"models: {entry.name!r} version(s) {missing} are not registered; registered: {registered}"
+            )
+            continue
+        ordered = tuple(sorted(set(wanted), key=int))
+        default = entry.default_version or ordered[-1]
+        if default not in ordered:
+            problems.append(f"models: {entry.name!r} default_version {default!r} is not in versions {ordered}")
+            continue
+        routes[entry.name] = ModelRoutes(
+            versions=ordered,
+            default=default,
+            canary=entry.canary.version if entry.canary else None,
+            canary_weight=entry.canary.weight if entry.canary else 0.0,
+            shadow=entry.shadow.version if entry.shadow else None,
+            shadow_fraction=entry.shadow.fraction if entry.shadow else 0.0,
+        )
+    if problems:
+        raise ConfigError(problems, "serve config")
+    return routes
+
 
 def build_app(args: dict[str, Any]) -> Any:
-    """Serve application builder: ``serve run rayml.serve:build_app model_dir=registry/fraud`` or a
-    serve_configs/ file whose ``args`` are a ``ServeConfig``."""
+    """Serve application builder: the ``import_path`` of serve_configs/ files (``rayml.serve:build_app``)."""
     config = parse(ServeConfig, dict(args), source="serve config args")
-    from rayml import artifacts
-
-    artifacts.verify(artifacts.resolve_version_dir(config.model_dir))  # fail at deploy time, not in a replica
+    routes = resolve_routes(config)
+    for name, model in routes.items():
+        for version in model.versions:
+            artifacts.verify(Path(config.registry) / name / version)  # fail at deploy time, not in a replica
     from rayml.serve.deployment import ModelServer
 
-    deployment = ModelServer.options(
-        num_replicas=config.num_replicas,
-        max_ongoing_requests=config.ongoing_requests(),
-        ray_actor_options={"num_cpus": config.num_cpus},
+    options: dict[str, Any] = {
+        "max_ongoing_requests": config.ongoing_requests(),
+        "ray_actor_options": {"num_cpus": config.num_cpus},
+        # Routing lives in user_config: `serve deploy` with a new default, canary or shadow reconfigures running
+        # replicas in place, so promoting a version drops no request in flight.
+        "user_config": {"models": [m.model_dump() for m in config.models]},
+    }
+    if config.autoscaling is not None:
+        options["autoscaling_config"] = config.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = config.num_replicas
+    return ModelServer.options(**options).bind(config.model_dump(exclude={"models"}))
+
+
+def args_for_model_dir(model_dir: str) -> dict[str, Any]:
+    """Serve args for ``rayml serve <registry>/<model>[/<version>]``."""
+    path = Path(model_dir).resolve()
+    if (path / artifacts.MANIFEST).is_file():  # a version directory
+        return {"registry": str(path.parent.parent), "models": [{"name": path.parent.name, "versions": [path.name]}]}
+    if artifacts.versions(path):
+        return {"registry": str(path.parent), "models": [{"name": path.name}]}
+    raise ConfigError(
+        f"{model_dir!r} is neither a registered model (<registry>/<model>) nor one of its versions; run the "
+        "pipeline first or pass a serve config file", "rayml serve",
     )
-    return deployment.bind(config.model_dump())
 
 
-def start(model_dir: str, *, host: str = "127.0.0.1", port: int = 8000, overrides: list[str] | None = None,
-          app_name: str = "rayml") -> str:
-    """Deploy ``model_dir`` on the connected Ray cluster; return the base URL."""
+def start(
+    args: dict[str, Any], *, host: str = "127.0.0.1", port: int = 8000, app_name: str = "rayml",
+    route_prefix: str = "/", overrides: list[str] | None = None,
+) -> str:
+    """Deploy a rayml application (serve args) on the connected Ray cluster; return its base URL.
+
+    Deploying again under the same ``app_name`` updates the running application in place: a change of
+    routing only reconfigures the replicas (no restart), so promoting a version drops no request.
+    """
     from ray import serve
 
-    args = apply_overrides({"model_dir": model_dir}, overrides or [], source="serve overrides")
-    app = build_app(args)
+    app = build_app(apply_overrides(args, overrides or [], source="serve overrides"))
     serve.start(http_options={"host": host, "port": port})
-    serve.run(app, name=app_name, route_prefix="/")
-    return f"http://{host}:{port}"
+    serve.run(app, name=app_name, route_prefix=route_prefix)
+    return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 
 
-def serve_forever(model_dir: str, *, host: str, port: int, overrides: list[str] | None = None) -> None:
-    """``rayml serve``: deploy, print the routes, and keep serving until SIGINT/SIGTERM."""
+def serve_forever(target: str, *, host: str, port: int, overrides: list[str] | None = None) -> None:
+    """``rayml serve``: deploy a model directory or every application of a serve config file, print the
+    routes, and keep serving until SIGINT/SIGTERM."""
     from ray import serve
 
     from rayml import runtime
 
     where = runtime.connect()
     log.info("%s", where)
-    url = start(model_dir, host=host, port=port, overrides=overrides)
-    log.info("serving %s: POST %s/predict/<model>  GET %s/v2/health/ready  (Ctrl-C to stop)", model_dir, url, url)
+    if target.endswith((".yaml", ".yml")):
+        applications = load_yaml(target).get("applications") or []
+        if len(applications) != 1:
+            raise ConfigError(f"{target}: rayml serve deploys one application; use `serve deploy` for several")
+        args, name = applications[0].get("args") or {}, applications[0].get("name", "rayml")
+    else:
+        args, name = args_for_model_dir(target), "rayml"
+    url = start(args, host=host, port=port, app_name=name, overrides=overrides)
+    log.info("serving %s: POST %s/predict/<model>  POST %s/v2/models/<model>/infer  (Ctrl-C to stop)", target,
+             url, url)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -1,99 +1,291 @@
-"""The Serve deployment: FastAPI routes, request validation, and ``@serve.batch`` over rows.
+"""The Serve deployment: routes, auth, request validation, version routing and ``@serve.batch`` over rows.
 
-Imported by ``rayml.serve.build_app`` (and by Serve in each replica), never by ``import rayml``.
+One replica holds every configured (model, version) and scores dynamic batches of rows with ONNX Runtime.
+Routing (default version, canary weight, shadow) arrives as Serve ``user_config``, so ``serve deploy`` with a
+new routing reconfigures running replicas in place without dropping requests. Imported by
+``rayml.serve.build_app`` (and by Serve in each replica), never by ``import rayml``.
 """
 
 # No `from __future__ import annotations`: FastAPI reads route parameter annotations (Request) at definition.
+import asyncio
+import hmac
 import json
-from typing import Any
+import logging
+import os
+import time
+from typing import Any, Optional
 
 import numpy as np
+import pyarrow as pa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException
 
+from rayml import __version__, drift
 from rayml.errors import RequestError
-from rayml.predictor import Predictor
-from rayml.serve import ServeConfig
+from rayml.metrics import Recorder
+from rayml.predictor import LABEL_OUTPUT, Predictor
+from rayml.serve import ModelEntry, ServeConfig, resolve_routes
+from rayml.serve import protocol
+from rayml.serve.routing import RoutingTable
 
-api = FastAPI(title="rayml", docs_url=None, redoc_url=None)
+log = logging.getLogger(__name__)
+
+api = FastAPI(title="rayml", docs_url=None, redoc_url=None, openapi_url=None)
+_PSI_EVERY_ROWS = 1000  # recompute drift gauges after this many live rows
 
 
 @api.exception_handler(HTTPException)
 async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
-    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+    return JSONResponse(protocol.error_body(str(exc.detail)), status_code=exc.status_code)
 
 
 @api.exception_handler(RequestError)
 async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
-    return JSONResponse({"error": exc.message}, status_code=exc.status)
+    return JSONResponse(protocol.error_body(exc.message), status_code=exc.status)
 
 
-def _rows(items: list[np.ndarray]) -> int:
+def _rows(items: list[tuple[tuple[str, str], pa.Table]]) -> int:
     """Batch size in rows, not requests: one request may carry many instances."""
-    return sum(len(item) for item in items)
+    return sum(table.num_rows for _, table in items)
+
+
+class _Served:
+    """One loaded version with its metrics and drift window."""
+
+    def __init__(self, predictor: Predictor, window_rows: int) -> None:
+        self.predictor = predictor
+        self.metrics = Recorder(predictor.name, predictor.version)
+        self.window = drift.RollingWindow(window_rows) if predictor.reference else None
+        self.rows_since_psi = 0
+
+    def observe(self, table: pa.Table, probabilities: np.ndarray) -> None:
+        self.metrics.batch_rows(table.num_rows)
+        self.metrics.prediction_scores(probabilities.tolist())
+        if self.window is None:
+            return
+        reference = self.predictor.reference
+        columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in reference["features"]}
+        self.window.add(drift.counts(reference, columns), table.num_rows)
+        self.rows_since_psi += table.num_rows
+        if self.rows_since_psi >= _PSI_EVERY_ROWS:
+            self.rows_since_psi = 0
+            self.metrics.feature_psi(drift.psi_by_feature(reference, self.window.totals()))
 
 
 @serve.deployment(name="ModelServer")
 @serve.ingress(api)
 class ModelServer:
-    """One replica: a checksum-verified registry model, scored in dynamic batches of rows."""
+    """One replica serving every configured model version."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = ServeConfig(**config)
-        self.predictor = Predictor(
-            self.config.model_dir, threads=self.config.ort_threads, max_batch_rows=self.config.max_request_rows
-        )
-        self.infer.set_max_batch_size(self.config.max_batch_size)
-        self.infer.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+        self.served: dict[tuple[str, str], _Served] = {}
+        self.routes = RoutingTable({})
+        token_env = settings.get("auth_token_env")
+        self.token = os.environ.get(token_env, "") if token_env else ""
+        if token_env and not self.token:
+            raise RuntimeError(f"auth_token_env names {token_env}, which is not set in the replica's environment")
+        self.infer.set_max_batch_size(settings["max_batch_size"])
+        self.infer.set_batch_wait_timeout_s(settings["batch_wait_timeout_s"])
+        self._shadow_tasks: set[asyncio.Task] = set()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Load newly listed versions, then switch routing in one assignment; requests in flight keep the
+        predictor they started with."""
+        config = ServeConfig(**self.settings, models=[ModelEntry(**m) for m in user_config["models"]])
+        routes = resolve_routes(config)
+        served = {}
+        for name, model in routes.items():
+            for version in model.versions:
+                key = (name, version)
+                served[key] = self.served.get(key) or _Served(
+                    Predictor(f"{config.registry}/{name}/{version}", threads=config.threads(),
+                              max_batch_rows=config.max_request_rows, spinning=False),
+                    config.drift_window_rows,
+                )
+        self.served, self.routes = served, RoutingTable(routes)
+        log.info("serving %s", {k: (v.default, v.canary, v.shadow) for k, v in routes.items()})
+
+    # ---- health and metadata (no auth: probes must work without a token)
 
     @api.get("/v2/health/live")
     async def live(self) -> dict[str, bool]:
         return {"live": True}
 
     @api.get("/v2/health/ready")
-    async def ready(self) -> dict[str, bool]:
-        return {"ready": True}
+    async def ready(self) -> JSONResponse:
+        ready = bool(self.served)
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @api.get("/v2")
+    async def server(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        return protocol.server_metadata(__version__, ["model_repository_versions", "canary", "shadow"])
 
     @api.get("/v2/models/{model}")
-    async def metadata(self, model: str) -> dict[str, Any]:
-        self._check_model(model)
-        return self.predictor.metadata()
+    async def model_metadata(self, model: str, request: Request) -> dict[str, Any]:
+        return self._metadata(request, model, None)
+
+    @api.get("/v2/models/{model}/versions/{version}")
+    async def version_metadata(self, model: str, version: str, request: Request) -> dict[str, Any]:
+        return self._metadata(request, model, version)
 
     @api.get("/v2/models/{model}/ready")
-    async def model_ready(self, model: str) -> dict[str, Any]:
-        self._check_model(model)
-        return {"name": model, "ready": True}
+    async def model_ready(self, model: str, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        return {"name": model, "ready": self._served(model, self.routes.get(model).default) is not None}
+
+    @api.get("/v2/models/{model}/versions/{version}/ready")
+    async def version_ready(self, model: str, version: str, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        self.routes.choose(model, version)
+        return {"name": model, "version": version, "ready": True}
+
+    # ---- inference
+
+    @api.post("/v2/models/{model}/infer")
+    async def v2_infer(self, model: str, request: Request) -> dict[str, Any]:
+        return await self._v2(request, model, None)
+
+    @api.post("/v2/models/{model}/versions/{version}/infer")
+    async def v2_version_infer(self, model: str, version: str, request: Request) -> dict[str, Any]:
+        return await self._v2(request, model, version)
 
     @api.post("/predict/{model}")
     async def predict(self, model: str, request: Request) -> dict[str, Any]:
-        self._check_model(model)
-        payload = await self._json_body(request)
-        if not isinstance(payload, dict) or "instances" not in payload:
-            raise RequestError('body must be a JSON object with "instances": [{"column": value, ...}]')
-        features = self.predictor.features_from_records(payload["instances"])
-        probabilities = await self.infer(features)
-        threshold = self.predictor.threshold
+        return await self._predict(request, model, None)
+
+    @api.post("/predict/{model}/versions/{version}")
+    async def predict_version(self, model: str, version: str, request: Request) -> dict[str, Any]:
+        return await self._predict(request, model, version)
+
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005, batch_size_fn=_rows)
+    async def infer(self, items: list[tuple[tuple[str, str], pa.Table]]) -> list[np.ndarray]:
+        """Score one dynamic batch; requests for different versions are grouped, one ORT call per version."""
+        results: list[Optional[np.ndarray]] = [None] * len(items)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, (key, _) in enumerate(items):
+            groups.setdefault(key, []).append(i)
+        for key, indexes in groups.items():
+            served = self.served[key]
+            table = pa.concat_tables([items[i][1] for i in indexes]) if len(indexes) > 1 else items[indexes[0]][1]
+            probabilities = served.predictor.predict_table(table)
+            served.observe(table, probabilities)
+            offset = 0
+            for i in indexes:
+                rows = items[i][1].num_rows
+                results[i] = probabilities[offset:offset + rows]
+                offset += rows
+        return results
+
+    # ---- helpers
+
+    async def _predict(self, request: Request, model: str, version: Optional[str]) -> dict[str, Any]:
+        started = time.perf_counter()
+        self._authorize(request)
+        choice = self.routes.choose(model, version)
+        served = self._ready(model, choice.version)
+        status = 200
+        try:
+            payload = await self._json_body(request)
+            if not isinstance(payload, dict) or "instances" not in payload:
+                raise RequestError('body must be a JSON object with "instances": [{"column": value, ...}]')
+            table = served.predictor.records_table(payload["instances"])
+            probabilities = await self.infer(((model, choice.version), table))
+        except RequestError as exc:
+            status = exc.status
+            raise
+        finally:
+            served.metrics.request("predict", status, time.perf_counter() - started)
+        self._mirror(model, choice.shadow, table, probabilities)
+        threshold = served.predictor.threshold
         return {
-            "model_name": self.predictor.name,
-            "model_version": self.predictor.version,
+            "model_name": model,
+            "model_version": choice.version,
             "threshold": threshold,
             "predictions": [{"probability": float(p), "label": int(p >= threshold)} for p in probabilities.tolist()],
         }
 
-    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005, batch_size_fn=_rows)
-    async def infer(self, batches: list[np.ndarray]) -> list[np.ndarray]:
-        sizes = [len(b) for b in batches]
-        probabilities = self.predictor.predict(np.concatenate(batches))
-        return np.split(probabilities, np.cumsum(sizes)[:-1])
+    async def _v2(self, request: Request, model: str, version: Optional[str]) -> dict[str, Any]:
+        started = time.perf_counter()
+        self._authorize(request)
+        choice = self.routes.choose(model, version)
+        served = self._ready(model, choice.version)
+        predictor = served.predictor
+        status = 200
+        try:
+            body = await self._json_body(request)
+            parsed = protocol.parse_infer_request(
+                body, predictor.v2_inputs(), predictor.v2_outputs(), self.settings["max_request_rows"]
+            )
+            if parsed.rows == 0:
+                raise RequestError("the request holds no rows; send at least one")
+            table = predictor.tensors_table(parsed.tensors)
+            probabilities = await self.infer(((model, choice.version), table))
+        except RequestError as exc:
+            status = exc.status
+            raise
+        finally:
+            served.metrics.request("v2_infer", status, time.perf_counter() - started)
+        self._mirror(model, choice.shadow, table, probabilities)
+        outputs = {
+            "probability": probabilities.astype(np.float32),
+            LABEL_OUTPUT: (probabilities >= predictor.threshold).astype(np.int64),
+        }
+        chosen = {name: outputs[name] for name in parsed.requested_outputs}
+        return protocol.infer_response(model, choice.version, parsed.id, chosen, predictor.v2_outputs())
 
-    def _check_model(self, model: str) -> None:
-        if model != self.predictor.name:
-            raise RequestError(f"unknown model {model!r}; this server has {self.predictor.name!r}", status=404)
+    def _mirror(self, model: str, shadow: Optional[str], table: pa.Table, live: np.ndarray) -> None:
+        """Score a copy of the request with the shadow version after answering; record, never return."""
+        if shadow is None:
+            return
+
+        async def run() -> None:
+            served = self.served.get((model, shadow))
+            if served is None:
+                return
+            started = time.perf_counter()
+            try:
+                scores = await self.infer(((model, shadow), table))
+            except Exception:  # noqa: BLE001 - a failing shadow must never affect live traffic
+                served.metrics.shadow("error")
+                return
+            served.metrics.observe_latency("shadow", time.perf_counter() - started)
+            served.metrics.shadow("ok", np.abs(scores - live).tolist())
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    def _metadata(self, request: Request, model: str, version: Optional[str]) -> dict[str, Any]:
+        self._authorize(request)
+        routes = self.routes.get(model)
+        chosen = self.routes.choose(model, version).version if version else routes.default
+        predictor = self._ready(model, chosen).predictor
+        return protocol.model_metadata(model, list(routes.versions), "onnxruntime_onnx", predictor.v2_inputs(),
+                                       predictor.v2_outputs())
+
+    def _ready(self, model: str, version: str) -> _Served:
+        served = self._served(model, version)
+        if served is None:
+            raise RequestError(f"model {model!r} version {version!r} is not loaded yet; retry shortly", status=503)
+        return served
+
+    def _served(self, model: str, version: str) -> Optional[_Served]:
+        return self.served.get((model, version))
+
+    def _authorize(self, request: Request) -> None:
+        if not self.token:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), self.token):
+            raise RequestError("missing or wrong bearer token; send Authorization: Bearer <token>", status=401)
 
     async def _json_body(self, request: Request) -> Any:
-        limit = self.config.max_body_bytes
+        limit = self.settings["max_body_bytes"]
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise RequestError(f"body of {declared} bytes exceeds the {limit}-byte limit", status=413)

@@ -53,14 +53,19 @@ def test_every_stage_writes_a_manifest_and_the_registry_verifies(fraud_run):
         assert manifest(fraud_run["run_dir"], stage)["stage"] == stage
     version_dir = fraud_run["registered"]["version_dir"]
     registered = artifacts.verify(version_dir)
-    assert set(registered["files"]) == {"model.onnx", "featurizer.json", "model.pt", "report.json"}
+    assert set(registered["files"]) == {"model.onnx", "featurizer.json", "model.pt", "report.json", "reference.json"}
     assert registered["parity"]["passed"] and registered["parity"]["max_abs_diff"] <= 1e-4
+    # the served graph takes raw columns: the featurizer is fused in, checked on unseen categories and nulls
+    assert registered["onnx_input"] == "columns"
     inputs = {c["name"] for c in registered["input_schema"]}
     job = fraud_run["job"]
     assert inputs == set(job.features.numeric) | set(job.features.categorical)
+    assert registered["fused_parity"]["passed"] and registered["fused_parity"]["max_abs_diff"] <= 1e-4
     graph = onnx.load(f"{version_dir}/model.onnx").graph
-    batch_dim = graph.input[0].type.tensor_type.shape.dim[0]
-    assert batch_dim.dim_param and not batch_dim.dim_value  # a dynamic batch axis
+    assert {i.name for i in graph.input} == inputs
+    for tensor in graph.input:
+        batch_dim = tensor.type.tensor_type.shape.dim[0]
+        assert batch_dim.dim_param and not batch_dim.dim_value  # a dynamic batch axis
     for plot in ("roc.png", "pr.png"):
         assert (fraud_run["run_dir"] / "evaluate" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = manifest(fraud_run["run_dir"], "train")["history"]

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from rayml.export import onnx_session
 from rayml.predictor import Predictor
 
 pytestmark = pytest.mark.integration
@@ -23,8 +24,8 @@ def server(fraud_run, ray_cluster) -> str:
 
     from rayml import serve as rayml_serve
 
-    url = rayml_serve.start(fraud_run["registered"]["version_dir"], port=ray_cluster.serve_port,
-                            app_name="fraud-test")
+    args = rayml_serve.args_for_model_dir(fraud_run["registered"]["version_dir"])
+    url = rayml_serve.start(args, port=ray_cluster.serve_port, app_name="fraud-test")
     yield url
     serve.delete("fraud-test")
 
@@ -57,10 +58,14 @@ def test_served_predictions_equal_offline_onnxruntime(server, records, fraud_run
     served = np.array([p["probability"] for p in body["predictions"]])
     assert body["model_version"] == fraud_run["registered"]["version"]
 
-    # Offline: the same rows typed by the schema, featurized by the same code, scored by onnxruntime.
+    # Offline: the same rows typed by the schema and scored by onnxruntime with the registered (fused) graph,
+    # and with the Python featurizer + the features-only graph of the export stage: all three agree.
     offline = Predictor(fraud_run["registered"]["version_dir"])
-    expected = offline.predict(offline.features_from_records(records))
+    expected = offline.predict_table(offline.records_table(records))
     np.testing.assert_allclose(served, expected, rtol=0, atol=1e-6)
+    features = offline.features_from_records(records)
+    plain = onnx_session(fraud_run["run_dir"] / "export" / "model_features.onnx")
+    np.testing.assert_allclose(served, plain.run(["probability"], {"features": features})[0], atol=1e-5)
     labels = [p["label"] for p in body["predictions"]]
     assert labels == [int(p >= body["threshold"]) for p in served]
 
@@ -114,5 +119,7 @@ def test_malformed_requests_get_4xx_naming_the_problem(server, records):
 def test_unknown_model_and_route_are_404_json(server, records):
     response = httpx.post(f"{server}/predict/other", json={"instances": records[:1]})
     assert response.status_code == 404 and "unknown model 'other'" in response.json()["error"]
+    response = httpx.post(f"{server}/predict/{MODEL}/versions/99", json={"instances": records[:1]})
+    assert response.status_code == 404 and "no version '99'" in response.json()["error"]
     response = httpx.get(f"{server}/no/such/route")
     assert response.status_code == 404
