@@ -79,14 +79,7 @@ def parity(model: torch.nn.Module, onnx_path: str | Path, features: np.ndarray, 
     with torch.no_grad():
         expected = wrapped(torch.from_numpy(features.astype(np.float32))).numpy()
     got = onnx_session(onnx_path).run([OUTPUT_NAME], {INPUT_NAME: features.astype(np.float32)})[0]
-    diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
-    report = {
-        "rows": int(features.shape[0]),
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "tolerance": tolerance,
-        "passed": bool(diff.max() <= tolerance),
-    }
+    report = parity_report(expected, got, tolerance)
     if not report["passed"]:
         raise ParityError(
             f"ONNX output differs from torch by up to {report['max_abs_diff']:.3g} on {report['rows']} held-out "
@@ -94,6 +87,18 @@ def parity(model: torch.nn.Module, onnx_path: str | Path, features: np.ndarray, 
             "raise export.tolerance"
         )
     return report
+
+
+def parity_report(expected: np.ndarray, got: np.ndarray, tolerance: float) -> dict[str, Any]:
+    """Max and mean |got - expected| over rows, and whether the max is within ``tolerance``."""
+    diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+    return {
+        "rows": int(diff.shape[0]),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "tolerance": tolerance,
+        "passed": bool(diff.max() <= tolerance),
+    }
 
 
 def run_stage(

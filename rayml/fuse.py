@@ -24,7 +24,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from rayml.errors import DataValidationError, ParityError, RegistryError
-from rayml.export import INPUT_NAME, OUTPUT_NAME, onnx_session
+from rayml.export import INPUT_NAME, OUTPUT_NAME, onnx_session, parity_report
 from rayml.featurize import _categories, transform
 from rayml.models import Probability
 
@@ -192,14 +192,7 @@ def fused_parity(
     with torch.no_grad():
         expected = wrapped(torch.from_numpy(features)).numpy()
     got = onnx_session(fused_path).run([OUTPUT_NAME], fused_feeds(table, state))[0]
-    diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
-    report = {
-        "rows": int(table.num_rows),
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "tolerance": tolerance,
-        "passed": bool(diff.max() <= tolerance),
-    }
+    report = parity_report(expected, got, tolerance)
     if not report["passed"]:
         raise ParityError(
             f"fused ONNX output (raw columns -> probability) differs from featurize.transform + torch by up to "

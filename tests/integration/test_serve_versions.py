@@ -25,17 +25,21 @@ MODEL = "fraud"
 PREFIX = "/versions"
 
 
-def _register_copy(version_dir: Path) -> str:
-    """A second registered version of the same model (same files; routing, not quality, is under test)."""
+OTHER = "fraud_b"
+
+
+def _register_copy(version_dir: Path, name: str = MODEL) -> str:
+    """Another registered version (same files; routing, not quality, is under test)."""
     manifest = json.loads((version_dir / "manifest.json").read_text())
-    files = {name: version_dir / name for name in manifest["files"]}
+    files = {file: version_dir / file for file in manifest["files"]}
     body = {k: v for k, v in manifest.items() if k not in ("files", "version", "model_name", "registered_at")}
-    return artifacts.register(version_dir.parent.parent, MODEL, files, body).name
+    return artifacts.register(version_dir.parent.parent, name, files, body).name
 
 
 @pytest.fixture(scope="module")
 def versions(fraud_run) -> tuple[str, str, Path]:
     first = Path(fraud_run["registered"]["version_dir"])
+    _register_copy(first, OTHER)  # a second model name in the same application
     return first.name, _register_copy(first), first.parent.parent
 
 
@@ -47,11 +51,12 @@ def records(fraud_run) -> list[dict]:
             for r in rows]
 
 
-def _deploy(ray_cluster, registry: Path, model: dict, **extra) -> str:
+def _deploy(ray_cluster, registry: Path, model: dict, others: tuple[dict, ...] = ({"name": OTHER},),
+            **extra) -> str:
     from rayml import serve as rayml_serve
 
-    args = {"registry": str(registry), "models": [{"name": MODEL, **model}], "auth_token_env":
-            "RAYML_TEST_SERVE_TOKEN", **extra}
+    args = {"registry": str(registry), "models": [{"name": MODEL, **model}, *others],
+            "auth_token_env": "RAYML_TEST_SERVE_TOKEN", **extra}
     return rayml_serve.start(args, port=ray_cluster.serve_port, app_name="versions", route_prefix=PREFIX)
 
 
@@ -92,6 +97,9 @@ def test_weighted_canary_and_explicit_versions(app, ray_cluster, versions, recor
         assert pinned["model_version"] == old
         meta = client.get(f"/v2/models/{MODEL}").json()
         assert meta["versions"] == [old, new]
+        other = client.post(f"/predict/{OTHER}", json={"instances": records[:2]}).json()
+        assert other["model_name"] == OTHER and other["model_version"] == "1"
+        assert client.get(f"/v2/models/{OTHER}").json()["versions"] == ["1"]
         assert client.get(f"/v2/models/{MODEL}/versions/{new}/ready").json()["ready"] is True
 
 
@@ -185,8 +193,14 @@ def test_shadow_gets_a_copy_and_promotion_drops_no_request(app, ray_cluster, ver
     text = _wait_for_metric(ray_cluster, 'ray_rayml_serve_shadow_requests_total{', 60)
     assert f'version="{old}"' in text and 'status="ok"' in text
     for name in ("ray_rayml_serve_requests_total", "ray_rayml_serve_request_latency_seconds_bucket",
-                 "ray_rayml_serve_batch_rows_bucket", "ray_rayml_serve_prediction_score_bucket"):
+                 "ray_rayml_serve_batch_rows_bucket", "ray_rayml_serve_prediction_score_bucket",
+                 "ray_rayml_serve_feature_psi"):
         assert name in text, name
+    # Drift gauges: one per input feature, live window vs the registry's training reference (the math itself
+    # is unit-tested; here 40 distinct records repeat, so the values are large but must be finite).
+    psi = {line.split('feature="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+           for line in text.splitlines() if line.startswith("ray_rayml_serve_feature_psi{")}
+    assert {"amount", "merchant_category", "country"} <= set(psi) and all(v >= 0 for v in psi.values()), psi
 
 
 def _wait_for_metric(ray_cluster, needle: str, seconds: float) -> str:
@@ -205,7 +219,7 @@ def test_a_killed_replica_is_replaced_under_load(ray_cluster, versions, records)
     from ray.util.state import list_actors
 
     old, _, registry = versions
-    url = _deploy(ray_cluster, registry, {"versions": [old]}, num_replicas=2)
+    url = _deploy(ray_cluster, registry, {"versions": [old]}, others=(), num_replicas=2)
     headers = _auth(ray_cluster)
     replicas = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
                 if a.class_name == "ServeReplica:versions:ModelServer"]
