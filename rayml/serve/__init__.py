@@ -172,8 +172,9 @@ def build_app(args: dict[str, Any]) -> Any:
     options: dict[str, Any] = {
         "max_ongoing_requests": config.ongoing_requests(),
         "ray_actor_options": {"num_cpus": config.num_cpus},
-        # Routing lives in user_config: `serve deploy` with a new default, canary or shadow reconfigures running
-        # replicas in place, so promoting a version drops no request in flight.
+        # Routing lives in user_config: `serve deploy` (declarative) with a new default, canary or shadow only
+        # reconfigures the running replicas. serve.run (imperative, `start` below) gives every deploy a new code
+        # version, so Serve rolls the replicas instead; neither drops a request in flight.
         "user_config": {"models": [m.model_dump() for m in config.models]},
     }
     if config.autoscaling is not None:
@@ -202,8 +203,8 @@ def start(
 ) -> str:
     """Deploy a rayml application (serve args) on the connected Ray cluster; return its base URL.
 
-    Deploying again under the same ``app_name`` updates the running application in place: a change of
-    routing only reconfigures the replicas (no restart), so promoting a version drops no request.
+    Deploying again under the same ``app_name`` updates the running application with a rolling replacement of
+    its replicas (serve.run gives each deploy a new code version), dropping no request in flight.
     """
     from ray import serve
 

@@ -1,10 +1,7 @@
 """The Open Inference Protocol v2 (KServe v2 / Triton HTTP/REST, JSON only) as a pure codec.
 
-No Serve, FastAPI or Ray import: the deployment turns HTTP bodies into ``InferRequest``s with
-``parse_infer_request`` and arrays back into bodies with ``infer_response``. Every problem with a request is a
-``RequestError`` whose message names the input and the field; the status follows Triton's HTTP behaviour:
-400 for a malformed request, 413 for too many rows. (404 for an unknown model or version and 503 for a model
-that is not ready are the caller's to raise.)
+No Serve, FastAPI or Ray import. Every problem with a request is a ``RequestError`` naming the input and
+the field, with Triton's statuses: 400 malformed, 413 too many rows (404 and 503 are the caller's to raise).
 
 Decisions, where the protocol leaves room:
 - Datatypes. An input must be sent with the model's datatype, except that a numeric input also accepts any
@@ -17,8 +14,7 @@ Decisions, where the protocol leaves room:
   is NaN/Infinity (Python's JSON parser accepts them; JSON does not).
 - ``data`` is a row-major flat list or lists nested exactly as ``shape``; both give the same array. Only
   binary-free JSON is supported: an input with ``binary_data_size`` gets a message saying to send JSON data.
-- Zero-size shapes are allowed (a 0-row request yields 0-row tensors).
-- ``parameters`` (request, input and output level) and unknown keys are ignored. ``outputs: []`` or no
+- Zero-size shapes are allowed (a 0-row request yields 0-row tensors). ``parameters`` (request, input and output level) and unknown keys are ignored. ``outputs: []`` or no
   ``outputs`` means every model output. A non-string ``id`` is refused.
 - All problems found in the request headers (names, datatypes, shapes) or in the data are reported at once,
   joined by "; " (the first few, then a count).

@@ -193,14 +193,8 @@ def test_shadow_gets_a_copy_and_promotion_drops_no_request(app, ray_cluster, ver
     text = _wait_for_metric(ray_cluster, 'ray_rayml_serve_shadow_requests_total{', 60)
     assert f'version="{old}"' in text and 'status="ok"' in text
     for name in ("ray_rayml_serve_requests_total", "ray_rayml_serve_request_latency_seconds_bucket",
-                 "ray_rayml_serve_batch_rows_bucket", "ray_rayml_serve_prediction_score_bucket",
-                 "ray_rayml_serve_feature_psi"):
+                 "ray_rayml_serve_batch_rows_bucket", "ray_rayml_serve_prediction_score_bucket"):
         assert name in text, name
-    # Drift gauges: one per input feature, live window vs the registry's training reference (the math itself
-    # is unit-tested; here 40 distinct records repeat, so the values are large but must be finite).
-    psi = {line.split('feature="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
-           for line in text.splitlines() if line.startswith("ray_rayml_serve_feature_psi{")}
-    assert {"amount", "merchant_category", "country"} <= set(psi) and all(v >= 0 for v in psi.values()), psi
 
 
 def _wait_for_metric(ray_cluster, needle: str, seconds: float) -> str:
