@@ -47,3 +47,10 @@ class RequestError(RaymlError):
 
     def __str__(self) -> str:
         return self.message
+
+
+def summarize(problems: list[str], limit: int = 5) -> str:
+    """The first ``limit`` problems joined by "; ", then how many more there were."""
+    shown = "; ".join(problems[:limit])
+    more = len(problems) - limit
+    return shown + (f"; and {more} more problem(s)" if more > 0 else "")

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from rayml import artifacts, featurize
-from rayml.errors import RequestError
+from rayml.errors import RequestError, summarize
 from rayml.export import INPUT_NAME, OUTPUT_NAME, onnx_session
 from rayml.serve.protocol import TensorSpec
 from rayml.source import records_table
@@ -23,7 +23,6 @@ from rayml.validate import ERROR, PROBLEM_SEPARATOR, ColumnSpec, validate_batch
 
 MODEL_FILE = "model.onnx"
 FEATURIZER_FILE = "featurizer.json"
-_MAX_REPORTED = 5
 
 
 class Predictor:
@@ -68,7 +67,7 @@ class Predictor:
             if missing:
                 problems.append(f"instances[{i}]: missing field(s) {', '.join(repr(m) for m in missing)}")
         if problems:
-            raise RequestError(_summarize(problems))
+            raise RequestError(summarize(problems))
         return self._validated(records_table(instances), lambda i: f"instances[{i}].")
 
     def tensors_table(self, tensors: dict[str, np.ndarray]) -> pa.Table:
@@ -119,16 +118,10 @@ class Predictor:
             for problem in error.split(PROBLEM_SEPARATOR)
         ]
         if problems:
-            raise RequestError(_summarize(problems))
+            raise RequestError(summarize(problems))
         return checked
 
 
 LABEL_OUTPUT = "label"
 REFERENCE_FILE = "reference.json"
 _V2_TYPES = {"string": "BYTES", "float": "FP64", "int": "INT64", "bool": "BOOL", "timestamp": "BYTES"}
-
-
-def _summarize(problems: list[str]) -> str:
-    shown = "; ".join(problems[:_MAX_REPORTED])
-    more = len(problems) - _MAX_REPORTED
-    return shown + (f"; and {more} more problem(s)" if more > 0 else "")

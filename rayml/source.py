@@ -92,11 +92,12 @@ def validated_batches(path: str, fmt: SourceFormat, batch_rows: int, columns: li
         yield validate_batch(batch.table, columns, path, batch.rows, batch.originals, batch.problems)
 
 
-def read_validated(source: SourceConfig, columns: list[ColumnSpec]) -> ray.data.Dataset:
-    """A Ray Dataset of every record under ``source``, typed and marked valid or not (see validate.py)."""
+def read_validated(source: SourceConfig, columns: list[ColumnSpec], files: list[str] | None = None) -> ray.data.Dataset:
+    """A Ray Dataset of every record under ``source`` (or of ``files``, already listed from it), typed and marked
+    valid or not (see validate.py)."""
     import ray.data
 
-    files = list_files(source.path, source.format)
+    files = files if files is not None else list_files(source.path, source.format)
     return ray.data.read_datasource(
         _validating_datasource(files, source.format, source.batch_rows, columns)
     )
@@ -238,10 +239,6 @@ def _file_size(path: str) -> int | None:
         return None
 
 
-def _read_task_blocks(path: str, fmt: SourceFormat, batch_rows: int, columns: list[ColumnSpec]) -> Iterator[pa.Table]:
-    yield from validated_batches(path, fmt, batch_rows, columns)
-
-
 def _validating_datasource(files: list[str], fmt: SourceFormat, batch_rows: int, columns: list[ColumnSpec]) -> Any:
     """A Ray Data datasource with one read task per file; each task yields validated batches.
 
@@ -263,7 +260,7 @@ def _validating_datasource(files: list[str], fmt: SourceFormat, batch_rows: int,
             tasks = []
             for path in files:
                 meta = BlockMetadata(num_rows=None, size_bytes=_file_size(path), input_files=[path], exec_stats=None)
-                read = functools.partial(_read_task_blocks, path, fmt, batch_rows, columns)
+                read = functools.partial(validated_batches, path, fmt, batch_rows, columns)
                 tasks.append(ReadTask(read, meta, schema=schema))
             return tasks
 

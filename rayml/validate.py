@@ -326,14 +326,15 @@ def run_stage(source: Any, config: ValidateConfig, out_dir: str | Path) -> dict[
     records = out / "records"
     if records.exists():
         shutil.rmtree(records)  # a rerun of an interrupted stage starts clean instead of appending
-    dataset = read_validated(source, config.columns).map_batches(_with_status, batch_format="pyarrow")
+    files = list_files(source.path, source.format)
+    dataset = read_validated(source, config.columns, files).map_batches(_with_status, batch_format="pyarrow")
     dataset.write_parquet(str(records), partition_cols=[STATUS])
     valid_rows = parquet_rows(records / f"{STATUS}={VALID}")
     bad_rows = parquet_rows(records / f"{STATUS}={QUARANTINED}")
     read_rows = valid_rows + bad_rows
     by_column = _quarantine_by_column(records / f"{STATUS}={QUARANTINED}")
     summary = {
-        "source": {"path": source.path, "format": source.format, "files": len(list_files(source.path, source.format))},
+        "source": {"path": source.path, "format": source.format, "files": len(files)},
         "read_rows": read_rows,
         "valid_rows": valid_rows,
         "quarantined_rows": bad_rows,

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from rayml.errors import RequestError
+from rayml.errors import RequestError, summarize
 
 V2_DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -54,7 +54,6 @@ V2_DATATYPES: dict[str, np.dtype] = {
     "BYTES": np.dtype(object),  # elements are str
 }
 SERVER_NAME = "rayml"
-_MAX_REPORTED = 5
 _NUMERIC = [t for t, d in V2_DATATYPES.items() if d.kind in "iuf"]
 # The JSON value kinds each datatype accepts, checked by exact Python type (bool is not an int here).
 _LEAF_TYPES = {
@@ -182,7 +181,7 @@ def parse_infer_request(
                  if name not in seen]
     requested = _requested_outputs(body.get("outputs"), outputs, problems)
     if problems:
-        raise RequestError(_summarize(problems))
+        raise RequestError(summarize(problems))
 
     # Rows before data: refuse an oversized request without building anything.
     rows_of = {spec.name: shape[0] if shape else 1 for spec, _, shape, _ in headers}
@@ -207,7 +206,7 @@ def parse_infer_request(
         except RequestError as error:
             problems.append(error.message)
     if problems:
-        raise RequestError(_summarize(problems))
+        raise RequestError(summarize(problems))
     return InferRequest(id=request_id, tensors=tensors, requested_outputs=requested, rows=rows)
 
 
@@ -441,9 +440,3 @@ def _shape_text(shape: list) -> str:
 
 def _names(specs: list[TensorSpec]) -> str:
     return ", ".join(spec.name for spec in specs) or "(none)"
-
-
-def _summarize(problems: list[str]) -> str:
-    shown = "; ".join(problems[:_MAX_REPORTED])
-    more = len(problems) - _MAX_REPORTED
-    return shown + (f"; and {more} more problem(s)" if more > 0 else "")
