@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from rayml import dashboards, monitor
 from rayml.errors import ConfigError, RaymlError
 
 
@@ -57,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("overrides", nargs="*", help="serve config key=value, e.g. max_batch_size=128")
     serve.set_defaults(func=_serve)
+
+    monitor.add_cli(verbs)
+    dashboards.add_cli(verbs)
 
     demo = verbs.add_parser("demo", help="generate data, run the fraud job, serve the model, query it, stop")
     demo.add_argument("--rows", type=int, default=20_000)

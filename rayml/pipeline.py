@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import Field
 
-from rayml import __version__, artifacts, featurize, runtime, train, validate
+from rayml import __version__, artifacts, featurize, metrics, runtime, train, validate
 from rayml import evaluate as evaluate_stage
 from rayml import export as export_stage
 from rayml.config import StrictModel, apply_overrides, load_yaml, parse
@@ -116,7 +116,7 @@ def run(job: JobConfig) -> dict[str, Any]:
     started = time.perf_counter()
 
     validated = _stage(run_dir, "validate", [job.source, job.validation],
-                       lambda out: validate.run_stage(job.source, job.validation, out))
+                       lambda out: _validate(job, out))
     log.info("validate: read %d, valid %d, quarantined %d (%s)", validated["read_rows"], validated["valid_rows"],
              validated["quarantined_rows"], validated["quarantine_path"])
 
@@ -158,6 +158,12 @@ def _stage(run_dir: Path, name: str, inputs: list[Any], body: Callable[[Path], d
     return artifacts.read_manifest(out) or result
 
 
+def _validate(job: JobConfig, out: Path) -> dict[str, Any]:
+    summary = validate.run_stage(job.source, job.validation, out)
+    metrics.record_validated(job.name, summary["valid_rows"], summary["quarantined_rows"])
+    return summary
+
+
 def _train(job: JobConfig, featurized: dict[str, Any], out: Path) -> dict[str, Any]:
     import ray.data
 
@@ -178,7 +184,7 @@ def _train(job: JobConfig, featurized: dict[str, Any], out: Path) -> dict[str, A
         data[name] = dataset
     weight = train.pos_weight(job.train, featurized["label_counts"])
     result = train.fit(data["train"], data["val"], input_dim=featurized["input_dim"], positive_weight=weight,
-                       config=job.train, storage_dir=out)
+                       config=job.train, storage_dir=out, run_name=out.parent.name)
     return {**result, "pos_weight": weight, "final": result["history"][-1]}
 
 

@@ -22,6 +22,7 @@ from pydantic import Field
 from rayml.evaluate import curves as evaluate
 from rayml.config import StrictModel
 from rayml.errors import ConfigError
+from rayml.metrics import TrainRecorder
 from rayml.models import WEIGHTS_FILE, ModelConfig, build_model
 
 if TYPE_CHECKING:
@@ -50,6 +51,10 @@ class TrainConfig(StrictModel):
     )
     num_workers: int = Field(2, ge=1, le=1024, description="DDP workers")
     cpus_per_worker: float = Field(1.0, gt=0.0, le=256.0, description="CPUs reserved by each worker")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "PACK", description="where workers go: PACK fills nodes in turn (fewest hops between ranks), SPREAD "
+        "puts them on different nodes where possible, STRICT_SPREAD requires one node per worker"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto uses GPUs when the cluster has one per worker, else CPUs"
     )
@@ -105,10 +110,12 @@ def fit(
     positive_weight: float,
     config: TrainConfig,
     storage_dir: str | Path,
+    run_name: str = "train",
 ) -> dict[str, Any]:
     """Train with Ray Train DDP; resumes if ``storage_dir`` holds checkpoints of an earlier attempt.
 
-    Returns ``{"checkpoint": path, "history": [...per-epoch metrics...], "use_gpu": bool}``.
+    ``run_name`` tags the ``rayml_train_*`` metrics. Returns ``{"checkpoint": path, "history": [...per-epoch
+    metrics...], "use_gpu": bool, "worker_nodes": [Ray node id of each rank]}``.
     """
     import ray
     import ray.train
@@ -126,6 +133,7 @@ def fit(
         "pos_weight": positive_weight,
         "seed": config.seed,
         "threads": max(1, int(config.cpus_per_worker)),
+        "run_name": run_name,
     }
     storage = Path(storage_dir).resolve()
     storage.mkdir(parents=True, exist_ok=True)
@@ -137,6 +145,7 @@ def fit(
             num_workers=config.num_workers,
             use_gpu=gpu,
             resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if gpu else {})},
+            placement_strategy=config.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=RAY_RUN_NAME,
@@ -148,8 +157,9 @@ def fit(
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training finished without a checkpoint under {storage}")
-    history = json.loads(Path(result.checkpoint.path, STATE_FILE).read_text())["history"]
-    return {"checkpoint": result.checkpoint.path, "history": history, "use_gpu": gpu}
+    state = json.loads(Path(result.checkpoint.path, STATE_FILE).read_text())
+    return {"checkpoint": result.checkpoint.path, "history": state["history"], "use_gpu": gpu,
+            "worker_nodes": state.get("worker_nodes", []), "attempts": state.get("attempts", 1)}
 
 
 def train_loop(cfg: dict[str, Any]) -> None:
@@ -163,18 +173,24 @@ def train_loop(cfg: dict[str, Any]) -> None:
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])  # same seed on every rank: identical initial weights before DDP syncs them
     device = ray.train.torch.get_device()
+    recorder = TrainRecorder(cfg["run_name"]) if rank == 0 else None
 
     model = build_model(ModelConfig(**cfg["model"]), cfg["input_dim"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    start_epoch, history = 0, []
+    start_epoch, history, attempt = 0, [], 1
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             start_epoch, history = load_checkpoint(Path(ckpt_dir), model, optimizer)
+            attempt = _attempts(Path(ckpt_dir)) + 1
         if rank == 0:
-            log.info("[rayml.train] resumed from the checkpoint written after epoch %d", start_epoch)
+            log.info("[rayml.train] resumed from the checkpoint written after epoch %d (attempt %d)",
+                     start_epoch, attempt)
+    if recorder is not None:
+        recorder.started(attempt, cfg["epochs"])
 
     model = ray.train.torch.prepare_model(model)
+    worker_nodes = _gather_node_ids(ray.get_runtime_context().get_node_id())
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(cfg["pos_weight"], device=device))
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -221,14 +237,17 @@ def train_loop(cfg: dict[str, Any]) -> None:
         }
         history.append(metrics)
         with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                save_checkpoint(Path(tmp), _unwrap(model), optimizer, epoch + 1, history)
+            if recorder is not None:
+                recorder.epoch(metrics, time.time())
+                checkpoint_started = time.perf_counter()
+                save_checkpoint(Path(tmp), _unwrap(model), optimizer, epoch + 1, history, worker_nodes, attempt)
                 log.info(
                     "[rayml.train] epoch %d/%d train_loss=%.4f val_loss=%.4f val_roc_auc=%.4f val_pr_auc=%.4f "
                     "%.1fs %.0f rows/s", epoch + 1, cfg["epochs"], metrics["train_loss"], metrics["val_loss"],
                     metrics["val_roc_auc"], metrics["val_pr_auc"], train_seconds, metrics["samples_per_second"],
                 )
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                recorder.checkpoint_seconds(time.perf_counter() - checkpoint_started)
             else:
                 ray.train.report(metrics)
 
@@ -251,13 +270,22 @@ def _validate(
 
 
 def save_checkpoint(
-    directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list[dict]
+    directory: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    history: list[dict],
+    worker_nodes: list[str] | None = None,
+    attempts: int = 1,
 ) -> None:
     """Write a resumable checkpoint: state dicts via torch.save (loaded with weights_only), the rest as JSON.
-    No RNG state is needed: the loop reseeds from (seed, epoch, rank) at the start of every epoch."""
+    No RNG state is needed: the loop reseeds from (seed, epoch, rank) at the start of every epoch.
+    ``worker_nodes`` (the Ray node of each rank in the attempt that wrote it) is provenance; ``attempts`` counts
+    the loop's starts so far, so a restart knows its own number."""
     torch.save(model.state_dict(), directory / WEIGHTS_FILE)
     torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
-    (directory / STATE_FILE).write_text(json.dumps({"epoch": epoch, "history": history}, indent=2))
+    state = {"epoch": epoch, "history": history, "worker_nodes": list(worker_nodes or []), "attempts": attempts}
+    (directory / STATE_FILE).write_text(json.dumps(state, indent=2))
 
 
 def load_checkpoint(
@@ -276,6 +304,19 @@ def load_checkpoint(
         optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, weights_only=True, map_location="cpu"))
     state = json.loads((directory / STATE_FILE).read_text())
     return int(state["epoch"]), list(state["history"])
+
+
+def _attempts(directory: Path) -> int:
+    return int(json.loads((directory / STATE_FILE).read_text()).get("attempts", 1))
+
+
+def _gather_node_ids(node_id: str) -> list[str]:
+    """The Ray node id of every rank, in rank order (a collective: every rank must call it)."""
+    import torch.distributed as dist
+
+    nodes: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node_id)
+    return [str(node) for node in nodes]
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -105,7 +105,10 @@ class ModelServer:
                               max_batch_rows=config.max_request_rows, spinning=False),
                     config.drift_window_rows,
                 )
+        dropped = [old for key, old in self.served.items() if key not in served]
         self.served, self.routes = served, RoutingTable(routes)
+        for old in dropped:
+            old.metrics.close()  # its drift gauges stop being refreshed and age out of Prometheus
         log.info("serving %s", {k: (v.default, v.canary, v.shadow) for k, v in routes.items()})
 
     # ---- health and metadata (no auth: probes must work without a token)
