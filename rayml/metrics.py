@@ -16,7 +16,12 @@ Ray's dashboard-agent recorder and rendering the Prometheus text):
 - Counters: the Prometheus client appends ``_total`` to a counter's name unless it already ends with it, so
   counters here are named ``..._total`` and appear exactly once as ``ray_rayml_..._total`` (a name without
   it would still be exported as ``..._total``; on the legacy path it would also get a deprecated gauge twin).
-- Histograms appear as ``ray_<name>_bucket{le=...}``, ``ray_<name>_sum`` and ``ray_<name>_count``.
+- Histograms appear as ``ray_<name>_bucket{le=...}``, ``ray_<name>_sum`` and ``ray_<name>_count``. Ray's agent
+  rebuilds each histogram from its bucket counts (``OpenTelemetryMetricRecorder``, bucket midpoints), so
+  ``_count`` and the buckets are exact but ``_sum`` is the sum of bucket midpoints (seen: 60 batches of 10 rows
+  reported a ``_sum`` of 720); prefer ``histogram_quantile`` over ``_sum / _count``.
+- Gauges: the agent forgets a gauge its process has not set again within two export intervals (20 s by
+  default), so every gauge set here is re-set with its last value every ``GAUGE_REFRESH_S`` (``_GaugeKeeper``).
 - Ray registers every instrument with unit ``"1"``, which maps to no unit suffix, so ``_seconds`` and
   ``_rows`` stay where the name puts them.
 - Series carry the tag keys below plus labels that Ray adds itself (for instance ``WorkerId``, subject to
