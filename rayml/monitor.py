@@ -159,10 +159,11 @@ def serve_monitor(
     server = Prometheus(render_config(config_dir or monitoring_dir(), sd_file.resolve(), scrape_interval),
                         data_dir, listen, binary)
     server.start()
-    print(f"Prometheus:  {server.url}  (targets: {server.url}/targets, alerts: {server.url}/alerts)")
-    print(f"  scraping the targets in {sd_file}" + (" (refreshed from the cluster)" if refresh else ""))
-    print("  rayml metrics: ray_rayml_serve_*, ray_rayml_train_*, ray_rayml_data_*, ray_rayml_ingest_*")
-    print("  Grafana: provision cluster/monitoring/grafana/, or `rayml dashboards push --url URL --token TOKEN`")
+    print(f"Prometheus:  {server.url}  (targets: {server.url}/targets, alerts: {server.url}/alerts)\n"
+          f"  scraping the targets in {sd_file}{' (refreshed from the cluster)' if refresh else ''}\n"
+          "  rayml metrics: ray_rayml_serve_*, ray_rayml_train_*, ray_rayml_data_*, ray_rayml_ingest_*\n"
+          "  Grafana: provision cluster/monitoring/grafana/, or `rayml dashboards push --url URL --token TOKEN`",
+          flush=True)
     stopping: list[int] = []
     previous = {sig: signal.signal(sig, lambda number, _frame: stopping.append(number))
                 for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -9,7 +9,8 @@
 #
 # Settings (environment): RAYML_NODES_DIR (pids and logs; .rayml/two_nodes), RAYML_GCS_PORT (6390),
 # RAYML_DASHBOARD_PORT (8266), RAYML_CLIENT_PORT (10091), RAYML_HEAD_CPUS (2), RAYML_WORKER_CPUS (2),
-# RAYML_OBJECT_STORE_BYTES (500000000 per node), RAYML_RAY_TEMP_DIR (Ray's temp dir; default Ray's own),
+# RAYML_OBJECT_STORE_BYTES (500000000 per node), RAYML_RAY_TEMP_DIR (Ray's temp dirs go in <it>/head and
+# <it>/worker; /tmp/rayml-two-nodes),
 # RAYML_HEAD_AGENT_PORT (52375), RAYML_WORKER_AGENT_PORT (52376), RAYML_HEAD_METRICS_PORT (8091),
 # RAYML_WORKER_METRICS_PORT (8092). Ports differ from Ray's defaults so this runs beside another local cluster.
 set -euo pipefail
@@ -18,10 +19,10 @@ dir=${RAYML_NODES_DIR:-.rayml/two_nodes}
 gcs_port=${RAYML_GCS_PORT:-6390}
 dashboard_port=${RAYML_DASHBOARD_PORT:-8266}
 ray_bin=${RAY_BIN:-ray}
+# Each node gets its own Ray temp dir: nodes sharing one would share runtime_resources/, and the worker node's
+# cleanup of a job's working_dir would delete it under the driver running on the head.
+temp_root=${RAYML_RAY_TEMP_DIR:-/tmp/rayml-two-nodes}
 common=(--block --node-ip-address=127.0.0.1 "--object-store-memory=${RAYML_OBJECT_STORE_BYTES:-500000000}")
-if [ -n "${RAYML_RAY_TEMP_DIR:-}" ]; then
-  common+=("--temp-dir=$RAYML_RAY_TEMP_DIR")
-fi
 
 wait_started() {  # LOG PID: until `ray start` reports the node up, or fail with its log
   local deadline=$((SECONDS + 180))
@@ -42,7 +43,8 @@ start() {
     return 1
   fi
   RAY_SERVE_ENABLE_HA_PROXY=${RAY_SERVE_ENABLE_HA_PROXY:-1} "$ray_bin" start --head "${common[@]}" \
-    --port="$gcs_port" --num-cpus="${RAYML_HEAD_CPUS:-2}" --resources='{"rayml_head_node": 1}' \
+    --temp-dir="$temp_root/head" --port="$gcs_port" --num-cpus="${RAYML_HEAD_CPUS:-2}" \
+    --resources='{"rayml_head_node": 1}' \
     --dashboard-host=127.0.0.1 --dashboard-port="$dashboard_port" --include-dashboard=true \
     --ray-client-server-port="${RAYML_CLIENT_PORT:-10091}" \
     --dashboard-agent-listen-port="${RAYML_HEAD_AGENT_PORT:-52375}" \
@@ -50,8 +52,8 @@ start() {
   echo $! >"$dir/head.pid"
   wait_started "$dir/head.log" "$(cat "$dir/head.pid")"
 
-  "$ray_bin" start "${common[@]}" --address="127.0.0.1:$gcs_port" --num-cpus="${RAYML_WORKER_CPUS:-2}" \
-    --resources='{"rayml_worker_node": 1}' \
+  "$ray_bin" start "${common[@]}" --temp-dir="$temp_root/worker" --address="127.0.0.1:$gcs_port" \
+    --num-cpus="${RAYML_WORKER_CPUS:-2}" --resources='{"rayml_worker_node": 1}' \
     --dashboard-agent-listen-port="${RAYML_WORKER_AGENT_PORT:-52376}" \
     --metrics-export-port="${RAYML_WORKER_METRICS_PORT:-8092}" >"$dir/worker.log" 2>&1 &
   echo $! >"$dir/worker.pid"

@@ -172,3 +172,40 @@ def test_every_grafana_panel_query_returns_data(prometheus, activity):
     assert list(pending) == [], "panels without data:\n" + "\n".join(pending)
     with_data = [where for where, expr in ingest.items() if _panel_has_data(prometheus, expr, start, where)]
     assert with_data == [], "ingest panels now have data: check them like the others"
+
+
+def test_rayml_monitor_command_scrapes_the_cluster_until_interrupted(ray_cluster, tmp_path):
+    """`rayml monitor` with RAY_ADDRESS set (the session cluster): Prometheus up, every node a healthy target,
+    alert rules loaded, and SIGINT stops it with exit code 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    command = [sys.executable, "-m", "rayml", "monitor", "--listen", f"127.0.0.1:{port}", "--data-dir",
+               str(tmp_path / "prometheus"), "--scrape-interval", "1s"]
+    process = subprocess.Popen(command, env={**os.environ, "RAY_ADDRESS": ray_cluster.address},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        while not (lines and lines[-1].startswith("Prometheus:")):  # Ray's connection log may come first
+            lines.append(process.stdout.readline())
+            assert lines[-1], "".join(lines)  # EOF: it exited
+        assert f"http://127.0.0.1:{port}" in lines[-1], lines
+        assert "refreshed from the cluster" in process.stdout.readline()
+        deadline = time.monotonic() + 60
+        while True:
+            targets = httpx.get(f"http://127.0.0.1:{port}/api/v1/targets", timeout=10).json()["data"]
+            health = [target["health"] for target in targets["activeTargets"]]
+            if health and all(state == "up" for state in health) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert health and all(state == "up" for state in health), targets
+        rules = httpx.get(f"http://127.0.0.1:{port}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        assert len(rules) == 4
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert not (tmp_path / "prometheus" / "tsdb" / "lock").exists()  # Prometheus shut down cleanly

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,7 @@ def two_nodes(tmp_path_factory):
     finally:
         stopped = subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, text=True,
                                  timeout=200)
+        shutil.rmtree(temp_dir, ignore_errors=True)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
 
 
