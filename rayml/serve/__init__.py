@@ -43,6 +43,16 @@ class ShadowConfig(StrictModel):
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of live requests copied to it")
 
 
+class BatchingOverride(StrictModel):
+    """Dynamic batching of one model, where it differs from the application's defaults."""
+
+    max_batch_size: int | None = Field(None, ge=1, le=65_536, description="max rows per ONNX Runtime call")
+    batch_wait_timeout_s: float | None = Field(None, ge=0.0, le=10.0, description="max wait for a batch to fill")
+    max_concurrent_batches: int | None = Field(
+        None, ge=1, le=64, description="batches scored at once per replica (ONNX Runtime in threads when > 1)"
+    )
+
+
 class ModelEntry(StrictModel):
     """One model name and the versions served under it."""
 
@@ -53,6 +63,7 @@ class ModelEntry(StrictModel):
     default_version: str | None = Field(None, description="answers requests without a version; default: newest")
     canary: CanaryConfig | None = None
     shadow: ShadowConfig | None = None
+    batching: BatchingOverride | None = Field(None, description="this model's batching; default: the app's")
 
     @field_validator("versions")
     @classmethod
@@ -84,10 +95,15 @@ class ServeConfig(StrictModel):
     models: list[ModelEntry] = Field(min_length=1, description="models (and versions) this application serves")
     max_batch_size: int = Field(256, ge=1, le=65_536, description="max rows per ONNX Runtime call")
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=10.0, description="max wait for a batch to fill")
+    max_concurrent_batches: int = Field(
+        1, ge=1, le=64, description="batches scored at once per replica (ONNX Runtime in threads when > 1)"
+    )
     max_request_rows: int = Field(256, ge=1, le=65_536, description="max instances in one request (413 past it)")
     max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30, description="max request body size (413 past it)")
     max_ongoing_requests: int | None = Field(
-        None, ge=1, le=100_000, description="per replica; default 2 x max_batch_size so batches can form"
+        None, ge=1, le=100_000,
+        description="per replica; default 2 x the largest max_batch_size x max_concurrent_batches of any model, "
+        "so batches can form",
     )
     num_replicas: int = Field(1, ge=1, le=1024, description="replicas (ignored when autoscaling is set)")
     autoscaling: AutoscalingConfig | None = Field(None, description="autoscale replicas instead of a fixed count")
@@ -101,23 +117,41 @@ class ServeConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ServeConfig:
-        if self.max_request_rows > self.max_batch_size:
-            raise ValueError(
-                f"max_request_rows ({self.max_request_rows}) exceeds max_batch_size ({self.max_batch_size}); "
-                "one request must fit in one batch. Lower max_request_rows or raise max_batch_size"
-            )
-        if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.max_batch_size:
-            raise ValueError(
-                f"max_ongoing_requests ({self.max_ongoing_requests}) is below max_batch_size "
-                f"({self.max_batch_size}); a replica would never see enough requests to fill a batch"
-            )
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"a model is listed twice in models: {names}; list each name once")
+        for name in names:
+            knobs = self.batching(name)
+            where = f"model {name!r}: " if len(names) > 1 else ""
+            if self.max_request_rows > knobs["max_batch_size"]:
+                raise ValueError(
+                    f"{where}max_request_rows ({self.max_request_rows}) exceeds max_batch_size "
+                    f"({knobs['max_batch_size']}); one request must fit in one batch. Lower max_request_rows or "
+                    "raise max_batch_size"
+                )
+            needed = knobs["max_batch_size"] * knobs["max_concurrent_batches"]
+            if self.max_ongoing_requests is not None and self.max_ongoing_requests < needed:
+                raise ValueError(
+                    f"{where}max_ongoing_requests ({self.max_ongoing_requests}) is below max_batch_size x "
+                    f"max_concurrent_batches ({needed}); a replica would never see enough requests to fill its "
+                    "batches. Raise max_ongoing_requests or leave it unset"
+                )
         return self
 
+    def batching(self, model: str) -> dict[str, Any]:
+        """The batching knobs of ``model``: its own ``batching`` entries over the application's."""
+        knobs = {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s,
+                 "max_concurrent_batches": self.max_concurrent_batches}
+        for entry in self.models:
+            if entry.name == model and entry.batching is not None:
+                knobs.update(entry.batching.model_dump(exclude_none=True))
+        return knobs
+
     def ongoing_requests(self) -> int:
-        return self.max_ongoing_requests or 2 * self.max_batch_size
+        if self.max_ongoing_requests is not None:
+            return self.max_ongoing_requests
+        return 2 * max(k["max_batch_size"] * k["max_concurrent_batches"]
+                       for k in (self.batching(m.name) for m in self.models))
 
     def threads(self) -> int:
         return self.ort_threads or max(1, int(self.num_cpus))

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Optional
 
 import numpy as np
@@ -46,7 +47,7 @@ async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
     return JSONResponse(protocol.error_body(exc.message), status_code=exc.status)
 
 
-def _rows(items: list[tuple[tuple[str, str], pa.Table]]) -> int:
+def _rows(items: list[tuple[Any, pa.Table]]) -> int:
     """Batch size in rows, not requests: one request may carry many instances."""
     return sum(table.num_rows for _, table in items)
 
@@ -87,8 +88,8 @@ class ModelServer:
         self.token = os.environ.get(token_env, "") if token_env else ""
         if token_env and not self.token:
             raise RuntimeError(f"auth_token_env names {token_env}, which is not set in the replica's environment")
-        self.infer.set_max_batch_size(settings["max_batch_size"])
-        self.infer.set_batch_wait_timeout_s(settings["batch_wait_timeout_s"])
+        # model name -> (its batching knobs, the @serve.batch function scoring its rows)
+        self.batchers: dict[str, tuple[dict[str, Any], Callable[..., Awaitable[np.ndarray]]]] = {}
         self._shadow_tasks: set[asyncio.Task] = set()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -105,8 +106,15 @@ class ModelServer:
                               max_batch_rows=config.max_request_rows, spinning=False),
                     config.drift_window_rows,
                 )
+        batchers = {}
+        for entry in config.models:
+            knobs = config.batching(entry.name)
+            current = self.batchers.get(entry.name)
+            # Serve cannot change a batch queue's concurrency, so changed knobs get a new queue; requests already
+            # queued on the old one are scored there.
+            batchers[entry.name] = current if current and current[0] == knobs else (knobs, self._batcher(knobs))
         dropped = [old for key, old in self.served.items() if key not in served]
-        self.served, self.routes = served, RoutingTable(routes)
+        self.served, self.routes, self.batchers = served, RoutingTable(routes), batchers
         for old in dropped:
             old.metrics.close()  # its drift gauges stop being refreshed and age out of Prometheus
         log.info("serving %s", {k: (v.default, v.canary, v.shadow) for k, v in routes.items()})
@@ -164,18 +172,38 @@ class ModelServer:
     async def predict_version(self, model: str, version: str, request: Request) -> dict[str, Any]:
         return await self._predict(request, model, version)
 
-    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005, batch_size_fn=_rows)
-    async def infer(self, items: list[tuple[tuple[str, str], pa.Table]]) -> list[np.ndarray]:
+    async def infer(self, model: str, served: _Served, table: pa.Table) -> np.ndarray:
+        """Scores of ``table``'s rows by ``served`` (one version of ``model``), in a dynamic batch of the model's
+        requests. The item carries the loaded version itself, so a reconfigure that drops it while the request
+        waits in the queue does not fail the batch."""
+        return await self.batchers[model][1]((served, table))
+
+    def _batcher(self, knobs: dict[str, Any]) -> Callable[..., Awaitable[np.ndarray]]:
+        """A ``@serve.batch`` function with these knobs. With more than one concurrent batch, ONNX Runtime runs
+        in a worker thread (it releases the GIL), so one batch is scored while the next one forms."""
+        offload = knobs["max_concurrent_batches"] > 1
+
+        async def score(items: list[tuple[_Served, pa.Table]]) -> list[np.ndarray]:
+            return await self._score_batch(items, offload)
+
+        return serve.batch(max_batch_size=knobs["max_batch_size"], batch_wait_timeout_s=knobs["batch_wait_timeout_s"],
+                           max_concurrent_batches=knobs["max_concurrent_batches"], batch_size_fn=_rows)(score)
+
+    @staticmethod
+    async def _score_batch(items: list[tuple[_Served, pa.Table]], offload: bool) -> list[np.ndarray]:
         """Score one dynamic batch; requests for different versions are grouped, one ORT call per version."""
         results: list[Optional[np.ndarray]] = [None] * len(items)
-        groups: dict[tuple[str, str], list[int]] = {}
-        for i, (key, _) in enumerate(items):
-            groups.setdefault(key, []).append(i)
-        for key, indexes in groups.items():
-            served = self.served[key]
+        groups: dict[int, list[int]] = {}
+        for i, (served, _) in enumerate(items):
+            groups.setdefault(id(served), []).append(i)
+        for indexes in groups.values():
+            served = items[indexes[0]][0]
             table = pa.concat_tables([items[i][1] for i in indexes]) if len(indexes) > 1 else items[indexes[0]][1]
-            probabilities = served.predictor.predict_table(table)
-            served.observe(table, probabilities)
+            if offload:
+                probabilities = await asyncio.to_thread(served.predictor.predict_table, table)
+            else:
+                probabilities = served.predictor.predict_table(table)
+            served.observe(table, probabilities)  # on the event loop: metrics and drift windows are not locked
             offset = 0
             for i in indexes:
                 rows = items[i][1].num_rows
@@ -196,7 +224,7 @@ class ModelServer:
             if not isinstance(payload, dict) or "instances" not in payload:
                 raise RequestError('body must be a JSON object with "instances": [{"column": value, ...}]')
             table = served.predictor.records_table(payload["instances"])
-            probabilities = await self.infer(((model, choice.version), table))
+            probabilities = await self.infer(model, served, table)
         except RequestError as exc:
             status = exc.status
             raise
@@ -226,7 +254,7 @@ class ModelServer:
             if parsed.rows == 0:
                 raise RequestError("the request holds no rows; send at least one")
             table = predictor.tensors_table(parsed.tensors)
-            probabilities = await self.infer(((model, choice.version), table))
+            probabilities = await self.infer(model, served, table)
         except RequestError as exc:
             status = exc.status
             raise
@@ -251,7 +279,7 @@ class ModelServer:
                 return
             started = time.perf_counter()
             try:
-                scores = await self.infer(((model, shadow), table))
+                scores = await self.infer(model, served, table)
             except Exception:  # noqa: BLE001 - a failing shadow must never affect live traffic
                 served.metrics.shadow("error")
                 return

@@ -65,8 +65,11 @@ def app(ray_cluster, versions):
     from ray import serve
 
     old, new, registry = versions
+    # The second model scores two batches at once (ONNX Runtime in a thread) in batches of up to 64 rows.
     url = _deploy(ray_cluster, registry, {"versions": [old, new], "default_version": old,
-                                          "canary": {"version": new, "weight": 0.3}})
+                                          "canary": {"version": new, "weight": 0.3}},
+                  others=({"name": OTHER, "batching": {"max_batch_size": 64, "max_concurrent_batches": 2}},),
+                  max_request_rows=64)
     yield url
     serve.delete("versions")
 
@@ -101,6 +104,26 @@ def test_weighted_canary_and_explicit_versions(app, ray_cluster, versions, recor
         assert other["model_name"] == OTHER and other["model_version"] == "1"
         assert client.get(f"/v2/models/{OTHER}").json()["versions"] == ["1"]
         assert client.get(f"/v2/models/{MODEL}/versions/{new}/ready").json()["ready"] is True
+
+
+def test_concurrent_batches_give_each_request_its_own_answer(app, ray_cluster, records):
+    """OTHER runs two batches at once; 40 concurrent one-row requests get what sequential requests get."""
+    with httpx.Client(base_url=app, headers=_auth(ray_cluster), timeout=30) as client:
+        expected = client.post(f"/predict/{OTHER}", json={"instances": records}).json()["predictions"]
+
+    async def one(client: httpx.AsyncClient, i: int) -> dict:
+        response = await client.post(f"/predict/{OTHER}", json={"instances": [records[i]]})
+        assert response.status_code == 200, response.text
+        return response.json()["predictions"][0]
+
+    async def many() -> list[dict]:
+        async with httpx.AsyncClient(base_url=app, headers=_auth(ray_cluster), timeout=60) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(len(records))))
+
+    answers = asyncio.run(many())
+    assert [a["label"] for a in answers] == [e["label"] for e in expected]
+    np.testing.assert_allclose([a["probability"] for a in answers], [e["probability"] for e in expected],
+                               atol=1e-6)
 
 
 def test_v2_infer_over_raw_http(app, ray_cluster, records):
