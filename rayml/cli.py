@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2")
     run.set_defaults(func=_run)
 
+    train = verbs.add_parser("train", help="continue a stopped run: rerun its saved job on the same run directory")
+    train.add_argument("--resume", required=True, metavar="RUN_DIR",
+                       help="run directory that `rayml run` created (it holds job.json), e.g. runs/fraud-1")
+    train.add_argument("overrides", nargs="*", help="key=value overrides of the saved job, e.g. train.epochs=12")
+    train.set_defaults(func=_train)
+
     check = verbs.add_parser("check", help="validate a job config and list every problem")
     check.add_argument("job")
     check.add_argument("overrides", nargs="*")
@@ -75,6 +81,15 @@ def _run(args: argparse.Namespace) -> int:
     from rayml import pipeline
 
     job = pipeline.load_job(args.job, args.overrides)
+    result = pipeline.run(job)
+    print(f"model registered at {result['version_dir']}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rayml import pipeline
+
+    job = pipeline.load_run(args.resume, args.overrides)
     result = pipeline.run(job)
     print(f"model registered at {result['version_dir']}")
     return 0

@@ -1,8 +1,10 @@
 """The job: validate -> featurize -> train -> evaluate -> export -> register, read top to bottom.
 
-Each stage writes its outputs and a ``manifest.json`` under ``<run.root>/<run name>/<stage>/``. Rerunning a
-run reuses every completed stage whose inputs (its config and upstream manifests) are unchanged, and an
-interrupted training stage resumes from its latest checkpoint.
+Each stage writes its outputs and a ``manifest.json`` under ``<run.root>/<run name>/<stage>/``; the job itself
+is saved as ``<run dir>/job.json`` when the run starts. Rerunning a run (``rayml run`` with the same
+``run.name``, or ``rayml train --resume RUN_DIR``, which reads job.json) reuses every completed stage whose
+inputs (its config and upstream manifests) are unchanged, and an interrupted training stage resumes from its
+latest checkpoint.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -36,6 +38,7 @@ from rayml.validate import ValidateConfig
 
 log = logging.getLogger("rayml")
 NAME_PATTERN = artifacts.NAME_PATTERN
+JOB_FILE = "job.json"  # the resolved job config of a run, written when it starts; what a resume reruns
 
 
 class RunSection(StrictModel):
@@ -80,6 +83,39 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
     return job
 
 
+def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    """The job a run directory was started with (its job.json) plus ``key=value`` overrides, pointed at
+    ``run_dir`` itself (wherever it lives now) so that rerunning it resumes that run."""
+    path = Path(run_dir)
+    saved = path / JOB_FILE
+    if not saved.is_file():
+        what = "does not exist" if not path.is_dir() else f"has no {JOB_FILE}"
+        raise ConfigError(
+            f"{str(path)!r} {what}, so there is no job to resume. Pass the run directory that `rayml run` "
+            f"created (<run.root>/<run.name>, holding {JOB_FILE}), or start it again with `rayml run JOB.yaml "
+            f"run.name={path.name}`",
+            str(path),
+        )
+    try:
+        data = artifacts.read_json(saved)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{saved} is not readable JSON ({exc}); start the run again with `rayml run JOB.yaml`",
+                          str(saved)) from exc
+    data = apply_overrides(data, overrides or [], source=str(saved))
+    data["run"] = {**data.get("run", {}), "root": str(path.resolve().parent), "name": path.name}
+    job = parse(JobConfig, data, source=str(saved))
+    problems = cross_check(job)
+    if problems:
+        raise ConfigError(problems, str(saved))
+    return job
+
+
+def save_job(job: JobConfig, run_dir: Path) -> Path:
+    """Write ``job`` as ``<run_dir>/job.json`` with its run name filled in, so the run can be resumed from it."""
+    saved = job.model_copy(update={"run": RunSection(root=job.run.root, name=run_dir.name)})
+    return artifacts.write_json(run_dir / JOB_FILE, saved.model_dump(mode="json"))
+
+
 def cross_check(job: JobConfig) -> list[str]:
     """Problems that span sections: every column a stage uses must be declared with a fitting type."""
     types = {c.name: c.type for c in job.validation.columns}
@@ -107,11 +143,15 @@ def cross_check(job: JobConfig) -> list[str]:
     return problems
 
 
-def run(job: JobConfig) -> dict[str, Any]:
-    """Run every stage of ``job``; return the register stage's manifest (with the model's version dir)."""
+def run(job: JobConfig, *, through: Literal["train", "register"] = "register") -> dict[str, Any]:
+    """Run every stage of ``job``; return the register stage's manifest (with the model's version dir).
+
+    ``through="train"`` stops after training and returns the train stage's manifest.
+    """
     run_dir = Path(job.run.root) / (job.run.name or f"{job.name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}")
     artifacts.check_name(run_dir.name, "run.name")
     log.info("run directory %s", run_dir)
+    save_job(job, run_dir)
     log.info("%s", runtime.connect(job.runtime))
     started = time.perf_counter()
 
@@ -127,6 +167,8 @@ def run(job: JobConfig) -> dict[str, Any]:
 
     trained = _stage(run_dir, "train", [featurized["fingerprint"], job.train],
                      lambda out: _train(job, featurized, out))
+    if through == "train":
+        return trained
     evaluated = _stage(run_dir, "evaluate", [trained["fingerprint"], job.evaluate],
                        lambda out: _evaluate(job, featurized, trained, out))
     report = evaluated["report"]
@@ -167,8 +209,13 @@ def _validate(job: JobConfig, out: Path) -> dict[str, Any]:
 def _train(job: JobConfig, featurized: dict[str, Any], out: Path) -> dict[str, Any]:
     import ray.data
 
-    # Checkpoints are only resumed for the same featurized data and architecture; anything else starts over.
-    lineage = {"featurize": featurized["fingerprint"], "model": job.train.model.model_dump()}
+    # Checkpoints are only resumed for the same data, architecture and optimization path; anything else starts
+    # over. What may change between attempts: epochs (the schedule then spans the new total), early stopping,
+    # checkpoint retention, workers, failures, caching.
+    settings = ("lr", "weight_decay", "schedule", "warmup_epochs", "batch_size", "grad_clip", "precision",
+                "class_weight", "seed")
+    lineage = {"featurize": featurized["fingerprint"], "model": job.train.model.model_dump(),
+               **{name: getattr(job.train, name) for name in settings}}
     lineage_file = out / "lineage.json"
     if lineage_file.is_file() and artifacts.read_json(lineage_file) != lineage:
         log.info("train: inputs changed since the last attempt; discarding its checkpoints")
@@ -184,7 +231,8 @@ def _train(job: JobConfig, featurized: dict[str, Any], out: Path) -> dict[str, A
         data[name] = dataset
     weight = train.pos_weight(job.train, featurized["label_counts"])
     result = train.fit(data["train"], data["val"], input_dim=featurized["input_dim"], positive_weight=weight,
-                       config=job.train, storage_dir=out, run_name=out.parent.name)
+                       train_rows=featurized["rows"]["train"], config=job.train, storage_dir=out,
+                       run_name=out.parent.name)
     return {**result, "pos_weight": weight, "final": result["history"][-1]}
 
 
@@ -247,7 +295,9 @@ def _register(
         "fused_parity": exported["fused_parity"],
         "onnx_input": "columns",  # model.onnx takes raw columns: the featurizer is fused into the graph
         "model": {"config": job.train.model.model_dump(), "input_dim": featurized["input_dim"]},
-        "training": {"epochs": len(trained["history"]), "final": trained["final"]},
+        "training": {"epochs": len(trained["history"]), "final": trained["final"],
+                     "checkpoint": trained["checkpoint_choice"], "stopped_early": trained["stopped_early"],
+                     "attempts": trained["attempts"]},
         "data": {"source": job.source.model_dump(), "rows": featurized["rows"],
                  "validate_fingerprint": validated["fingerprint"], "quarantined_rows": validated["quarantined_rows"]},
         "code": {"rayml_version": __version__, "git_commit": _git_commit()},

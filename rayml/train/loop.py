@@ -1,0 +1,206 @@
+"""The per-worker loop that Ray Train runs on every DDP worker.
+
+Every epoch ends with a checkpoint (model, optimizer, LR scheduler, grad scaler, epoch, global step, history,
+and each rank's RNG state). A worker that dies, or a rerun of the same run directory, restarts the loop;
+``ray.train.get_checkpoint()`` then hands it the latest checkpoint and it continues at the next epoch with
+exactly the state an uninterrupted run would have had there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rayml.evaluate import curves
+from rayml.metrics import TrainRecorder
+from rayml.models import ModelConfig, build_model
+from rayml.train import checkpoint as ckpt
+from rayml.train import steps
+
+log = logging.getLogger(__name__)
+
+
+def train_loop(cfg: dict[str, Any]) -> None:
+    """Train ``cfg["epochs"]`` epochs (or until early stopping), reporting metrics and a checkpoint each epoch."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.set_num_threads(cfg["threads"])
+    device = ray.train.torch.get_device()
+    recorder = TrainRecorder(cfg["run_name"]) if rank == 0 else None
+
+    ckpt.seed_all(cfg["seed"])  # the same seed on every rank: identical initial weights before DDP syncs them
+    model = build_model(ModelConfig(**cfg["model"]), cfg["input_dim"]).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    scheduler = steps.build_scheduler(optimizer, schedule=cfg["schedule"], warmup_steps=cfg["warmup_steps"],
+                                      total_steps=cfg["total_steps"])
+    scaler = steps.grad_scaler(cfg["precision"], device)
+    ckpt.seed_all(ckpt.derived_seed(cfg["seed"], rank))  # then one random stream (dropout) per rank
+    progress = _resume(model, optimizer, scheduler, scaler, rank, ctx.get_world_size())
+    if recorder is not None:
+        recorder.started(progress.attempts, cfg["epochs"])
+
+    model = ray.train.torch.prepare_model(model)
+    progress.worker_nodes = _gather(ray.get_runtime_context().get_node_id())
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(cfg["pos_weight"], device=device))
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+
+    for epoch in range(progress.epoch, cfg["epochs"]):
+        if progress.stopped_early:
+            break
+        started = time.perf_counter()
+        batches = train_shard.iter_torch_batches(
+            batch_size=cfg["batch_size"], dtypes=torch.float32, device=device,
+            local_shuffle_buffer_size=4 * cfg["batch_size"], local_shuffle_seed=cfg["seed"] + epoch,
+        )
+        train_totals, taken = steps.train_epoch(
+            model, batches, optimizer, scheduler, loss_fn, device=device, grad_clip=cfg["grad_clip"],
+            precision=cfg["precision"], scaler=scaler,
+        )
+        train_seconds = time.perf_counter() - started
+        val_batches = val_shard.iter_torch_batches(batch_size=cfg["batch_size"], dtypes=torch.float32,
+                                                   device=device)
+        val_totals, hist = steps.validate_epoch(model, val_batches, loss_fn, device=device,
+                                                precision=cfg["precision"])
+        progress.global_step += taken
+        metrics = _epoch_metrics(epoch, train_totals, val_totals, hist, train_seconds, device)
+        metrics.update(lr=optimizer.param_groups[0]["lr"], global_step=progress.global_step,
+                       attempt=progress.attempts)
+        progress.history.append(metrics)
+        progress.epoch = epoch + 1
+        progress.stopped_early = _decide_on_rank0(
+            rank == 0 and steps.should_stop(progress.history, cfg["checkpoint_metric"], cfg["patience"]), device
+        )
+        progress.rng = _gather(ckpt.rng_state())
+        _report(metrics, progress, model, optimizer, scheduler, scaler, recorder, cfg["epochs"])
+    if rank == 0 and progress.stopped_early:
+        log.info("[rayml.train] stopped early after epoch %d: %s did not improve for %d epoch(s)",
+                 progress.epoch, cfg["checkpoint_metric"], cfg["patience"])
+
+
+def _resume(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+    rank: int,
+    world_size: int,
+) -> ckpt.Progress:
+    """Load the latest checkpoint of this run, if any, into the given objects and this rank's RNG."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return ckpt.Progress()
+    with checkpoint.as_directory() as ckpt_dir:
+        progress = ckpt.load_checkpoint(Path(ckpt_dir), model, optimizer, scheduler, scaler)
+    progress.attempts += 1
+    if len(progress.rng) == world_size:
+        ckpt.set_rng_state(progress.rng[rank])
+    elif rank == 0:
+        log.warning("[rayml.train] the checkpoint holds RNG state for %d rank(s), this run has %d; the random "
+                    "streams restart from the seed", len(progress.rng), world_size)
+    if rank == 0:
+        log.info("[rayml.train] resumed from the checkpoint written after epoch %d, step %d (attempt %d)",
+                 progress.epoch, progress.global_step, progress.attempts)
+    return progress
+
+
+def _epoch_metrics(
+    epoch: int,
+    train_totals: torch.Tensor,
+    val_totals: torch.Tensor,
+    hist: curves.ScoreHistogram,
+    train_seconds: float,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Sum every rank's losses and score histograms; the metrics of the epoch (equal on every rank)."""
+    import torch.distributed as dist
+
+    pos = torch.from_numpy(hist.pos).to(device)
+    neg = torch.from_numpy(hist.neg).to(device)
+    for tensor in (train_totals, val_totals, pos, neg):
+        dist.all_reduce(tensor)
+    hist = curves.ScoreHistogram(pos=pos.cpu().numpy(), neg=neg.cpu().numpy())
+    rows = int(train_totals[1].item())
+    return {
+        "epoch": epoch + 1,
+        "train_loss": float(train_totals[0] / max(train_totals[1], 1)),
+        "val_loss": float(val_totals[0] / max(val_totals[1], 1)),
+        "val_roc_auc": _finite(curves.roc_auc(hist)),
+        "val_pr_auc": _finite(curves.average_precision(hist)),
+        "train_rows": rows,
+        "epoch_seconds": round(train_seconds, 3),
+        "samples_per_second": round(rows / train_seconds, 1) if train_seconds > 0 else 0.0,
+    }
+
+
+def _report(
+    metrics: dict[str, Any],
+    progress: ckpt.Progress,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+    recorder: TrainRecorder | None,
+    epochs: int,
+) -> None:
+    """Report the epoch on every rank; rank 0 also writes the checkpoint.
+
+    The checkpoint goes to a local temporary directory and Ray Train copies it to the run's storage in a
+    background thread (``CheckpointUploadMode.ASYNC``, which deletes the local copy afterwards), so the loop
+    waits only for ``torch.save``; Ray Train waits for pending copies before the run ends.
+    """
+    import ray.train
+
+    if recorder is None:
+        ray.train.report(metrics, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
+        return
+    recorder.epoch(metrics, time.time())
+    started = time.perf_counter()
+    directory = Path(tempfile.mkdtemp(prefix="rayml-checkpoint-"))
+    ckpt.save_checkpoint(directory, _unwrap(model), optimizer, progress, scheduler, scaler)
+    log.info(
+        "[rayml.train] epoch %d/%d train_loss=%.4f val_loss=%.4f val_roc_auc=%.4f val_pr_auc=%.4f lr=%.2e "
+        "%.1fs %.0f rows/s", metrics["epoch"], epochs, metrics["train_loss"], metrics["val_loss"],
+        metrics["val_roc_auc"], metrics["val_pr_auc"], metrics["lr"], metrics["epoch_seconds"],
+        metrics["samples_per_second"],
+    )
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                     checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
+    recorder.checkpoint_seconds(time.perf_counter() - started)
+
+
+def _decide_on_rank0(decision: bool, device: torch.device) -> bool:
+    """Rank 0's decision, on every rank (a collective: every rank must call it)."""
+    import torch.distributed as dist
+
+    flag = torch.tensor([1 if decision else 0], dtype=torch.int32, device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def _gather(value: Any) -> list[Any]:
+    """``value`` of every rank, in rank order (a collective: every rank must call it)."""
+    import torch.distributed as dist
+
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _finite(value: float) -> float:
+    return float(value) if math.isfinite(value) else 0.0

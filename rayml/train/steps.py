@@ -1,0 +1,155 @@
+"""One epoch of training or validation, the learning-rate schedule, mixed precision and early stopping.
+
+Plain PyTorch over any iterable of ``{"features", "label"}`` batches: the Ray loop feeds these functions its
+dataset shards, the unit tests feed them tensors, so both run the same steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Iterable
+from typing import Literal
+
+import numpy as np
+import torch
+
+from rayml.errors import ConfigError
+from rayml.evaluate import curves
+
+Schedule = Literal["constant", "cosine", "linear"]
+Precision = Literal["fp32", "bf16", "fp16"]
+CheckpointMetric = Literal["val_loss", "val_roc_auc", "val_pr_auc"]
+MODES: dict[str, Literal["min", "max"]] = {"val_loss": "min", "val_roc_auc": "max", "val_pr_auc": "max"}
+
+
+def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` (0-based): a linear warmup over
+    ``warmup_steps``, then constant, or a cosine or linear decay that reaches 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, *, schedule: str, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step scheduler; its ``state_dict()`` is plain JSON (the step count and base learning rates)."""
+    factor = functools.partial(lr_factor, schedule=schedule, warmup_steps=warmup_steps, total_steps=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The forward pass's precision: fp32 as is, bf16 or fp16 through ``torch.autocast`` on the device."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """The loss scaler fp16 needs (small gradients underflow in half precision); None for fp32 and bf16."""
+    if precision != "fp16":
+        return None
+    if device.type != "cuda":
+        raise ConfigError(
+            f"train.precision: got 'fp16' but the workers run on {device.type}; fp16 needs CUDA (with a "
+            "gradient scaler). Set train.precision: bf16 (works on CPUs) or fp32",
+            "train",
+        )
+    return torch.amp.GradScaler("cuda")
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss_fn: torch.nn.Module,
+    *,
+    device: torch.device,
+    grad_clip: float | None,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[torch.Tensor, int]:
+    """One pass over ``batches``, one optimizer and scheduler step per batch.
+
+    Returns ([sum of losses, rows] as float64 on ``device``, optimizer steps taken).
+    """
+    model.train()
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
+    steps = 0
+    for batch in batches:
+        features, labels = batch["features"], batch["label"]
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, precision):
+            logits = model(features)
+        loss = loss_fn(logits.float(), labels)  # the loss in fp32 whatever the forward pass ran in
+        if scaler is None:
+            loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            if grad_clip is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        scheduler.step()
+        steps += 1
+        totals[0] += loss.detach().double() * len(labels)
+        totals[1] += len(labels)
+    return totals, steps
+
+
+def validate_epoch(
+    model: torch.nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    loss_fn: torch.nn.Module,
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, curves.ScoreHistogram]:
+    """Score ``batches``: ([sum of losses, rows] as float64 on ``device``, histogram of the scores)."""
+    model.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
+    parts = []
+    with torch.no_grad():
+        for batch in batches:
+            labels = batch["label"]
+            with autocast(device, precision):
+                logits = model(batch["features"])
+            logits = logits.float()
+            totals[0] += loss_fn(logits, labels).double() * len(labels)
+            totals[1] += len(labels)
+            parts.append(curves.histogram(torch.sigmoid(logits).cpu().numpy(), labels.cpu().numpy()))
+    return totals, curves.merge(parts) if parts else curves.histogram(np.zeros(0), np.zeros(0))
+
+
+def improves(value: float, best: float, metric: str) -> bool:
+    """Whether ``value`` of ``metric`` is strictly better than ``best``."""
+    return value < best if MODES[metric] == "min" else value > best
+
+
+def best_epoch_index(history: list[dict], metric: str) -> int:
+    """Index in ``history`` of the epoch that last improved ``metric`` (the first of equal best values)."""
+    best = 0
+    for index in range(1, len(history)):
+        if improves(history[index][metric], history[best][metric], metric):
+            best = index
+    return best
+
+
+def should_stop(history: list[dict], metric: str, patience: int | None) -> bool:
+    """Early stopping: ``patience`` epochs have passed without ``metric`` improving on its best."""
+    if patience is None or not history:
+        return False
+    return len(history) - 1 - best_epoch_index(history, metric) >= patience
