@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from rayml import __version__, artifacts, featurize, metrics, runtime, train, validate
+from rayml import __version__, artifacts, featurize, recorders, runtime, train, validate
 from rayml import evaluate as evaluate_stage
 from rayml import export as export_stage
 from rayml.config import StrictModel, apply_overrides, load_yaml, parse
@@ -202,7 +202,7 @@ def _stage(run_dir: Path, name: str, inputs: list[Any], body: Callable[[Path], d
 
 def _validate(job: JobConfig, out: Path) -> dict[str, Any]:
     summary = validate.run_stage(job.source, job.validation, out)
-    metrics.record_validated(job.name, summary["valid_rows"], summary["quarantined_rows"])
+    recorders.record_validated(job.name, summary["valid_rows"], summary["quarantined_rows"])
     return summary
 
 

@@ -105,6 +105,29 @@ class ColumnStep(StrictModel):
         return self.name or self.column
 
 
+class NoParams(StrictModel):
+    """The fitted params of a featurizer that learns nothing from data."""
+
+
+class StatelessStep(ColumnStep):
+    """A featurizer that learns nothing from data: fitting is a no-op and its state holds only its config."""
+
+    VERSION: ClassVar[int] = 1
+    Params: ClassVar[type[StrictModel]] = NoParams
+
+    def needs_fit(self) -> bool:
+        return False
+
+    def partial_fit(self, batch: Any) -> Stats:
+        return {}
+
+    def merge(self, a: Stats, b: Stats) -> Stats:
+        return {}
+
+    def finalize(self, stats: Stats) -> State:
+        return make_state(self, self.VERSION, {})
+
+
 def make_state(config: Any, version: int, params: dict[str, Any]) -> State:
     """A featurizer state: the config that made it (so the state alone can transform) and fitted params."""
     return {

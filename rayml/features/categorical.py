@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from rayml.config import StrictModel
-from rayml.features.base import Applied, ColumnStep, OutputSpec, State, Stats, make_state
+from rayml.features.base import Applied, ColumnStep, StatelessStep, OutputSpec, State, Stats, make_state
 from rayml.features.columns import describe, read_strings
 
 NULL_SLOT = "<null>"
@@ -164,11 +164,7 @@ class Ordinal(_VocabFields):
         return [OutputSpec(_out(state), "int64", (), tuple(f"{_out(state)}={s}" for s in slots))]
 
 
-class _NoParams(StrictModel):
-    pass
-
-
-class Hashing(ColumnStep):
+class Hashing(StatelessStep):
     """Each value to one of ``buckets`` by a keyed blake2b hash; nulls to their own extra slot
     (``nulls: category``) or nowhere (``ignore``: a zero row / index -1). ``output: onehot`` gives a float32
     vector per row, ``index`` an int64 bucket for an embedding table.
@@ -180,7 +176,6 @@ class Hashing(ColumnStep):
     nulls: Literal["category", "ignore"] = Field("category", description="a slot after the buckets, or none")
     output: Literal["onehot", "index"] = Field("onehot", description="a 0/1 vector, or the bucket index")
     VERSION: ClassVar[int] = 1
-    Params: ClassVar[type[StrictModel]] = _NoParams
 
     @model_validator(mode="after")
     def _onehot_fits_in_memory(self) -> Hashing:
@@ -193,18 +188,6 @@ class Hashing(ColumnStep):
 
     def output_names(self) -> list[str]:
         return [self.out]
-
-    def needs_fit(self) -> bool:
-        return False
-
-    def partial_fit(self, batch: Any) -> Stats:
-        return {}
-
-    def merge(self, a: Stats, b: Stats) -> Stats:
-        return {}
-
-    def finalize(self, stats: Stats) -> State:
-        return make_state(self, self.VERSION, {})
 
     @staticmethod
     def apply(state: State, batch: Any) -> Applied:

@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from rayml.config import StrictModel
 from rayml.features import stats as S
-from rayml.features.base import Applied, ColumnStep, OutputSpec, State, Stats, make_state
+from rayml.features.base import Applied, ColumnStep, StatelessStep, OutputSpec, State, Stats, make_state
 from rayml.features.columns import describe, read_float
 
 _TINY = 1e-12  # a spread below this is a constant column
@@ -106,11 +106,7 @@ class MinMax(ColumnStep):
         return [OutputSpec(_out(state), "float64")]
 
 
-class _NoParams(StrictModel):
-    pass
-
-
-class Log1p(ColumnStep):
+class Log1p(StatelessStep):
     """log(1 + x). ``negative`` says what a value below 0 becomes: ``clip`` -> log1p(0) = 0, ``signed`` ->
     sign(x) * log1p(|x|) (symmetric, keeps order), ``error`` -> a problem naming the row and value.
     """
@@ -118,22 +114,9 @@ class Log1p(ColumnStep):
     kind: Literal["log1p"] = "log1p"
     negative: Literal["clip", "signed", "error"] = Field("clip", description="policy for values below 0")
     VERSION: ClassVar[int] = 1
-    Params: ClassVar[type[StrictModel]] = _NoParams
 
     def output_names(self) -> list[str]:
         return [self.out]
-
-    def needs_fit(self) -> bool:
-        return False
-
-    def partial_fit(self, batch: Any) -> Stats:
-        return {}
-
-    def merge(self, a: Stats, b: Stats) -> Stats:
-        return {}
-
-    def finalize(self, stats: Stats) -> State:
-        return make_state(self, self.VERSION, {})
 
     @staticmethod
     def apply(state: State, batch: Any) -> Applied:

@@ -25,7 +25,7 @@ from pydantic import Field
 
 from rayml.config import StrictModel
 from rayml.errors import RaymlError, RegistryError
-from rayml.features.base import Applied, ColumnStep, OutputSpec, State, Stats, make_state
+from rayml.features.base import Applied, StatelessStep, OutputSpec, State, Stats, make_state
 from rayml.features.columns import read_strings
 
 BUNDLED = "bundled"
@@ -42,7 +42,7 @@ class _Tokenizer(StrictModel):
     pad_id: int = Field(ge=0)
 
 
-class Tokenize(ColumnStep):
+class Tokenize(StatelessStep):
     """Token ids and attention mask for the MiniLM encoder; needs no fitting beyond locating the files."""
 
     kind: Literal["tokenize"] = "tokenize"
@@ -53,15 +53,6 @@ class Tokenize(ColumnStep):
 
     def output_names(self) -> list[str]:
         return [f"{self.out}_input_ids", f"{self.out}_attention_mask"]
-
-    def needs_fit(self) -> bool:
-        return False
-
-    def partial_fit(self, batch: Any) -> Stats:
-        return {}
-
-    def merge(self, a: Stats, b: Stats) -> Stats:
-        return {}
 
     def finalize(self, stats: Stats) -> State:
         source = self.tokenizer_dir or BUNDLED

@@ -23,8 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
-from rayml.config import StrictModel
-from rayml.features.base import Applied, ColumnStep, FeatureInputError, OutputSpec, State, Stats, make_state
+from rayml.features.base import Applied, StatelessStep, FeatureInputError, OutputSpec, State
 from rayml.features.columns import as_arrow, column_of, describe
 
 Part = Literal["hour", "minute", "weekday", "day", "month"]
@@ -34,11 +33,7 @@ _COMPUTE = {"hour": pc.hour, "minute": pc.minute, "weekday": pc.day_of_week, "da
 _UTC = pa.timestamp("us", tz="UTC")
 
 
-class _NoParams(StrictModel):
-    pass
-
-
-class TimestampParts(ColumnStep):
+class TimestampParts(StatelessStep):
     """Calendar parts of a timestamp column; needs no fitting."""
 
     kind: Literal["timestamp"] = "timestamp"
@@ -49,7 +44,6 @@ class TimestampParts(ColumnStep):
     assume_timezone: str = Field("UTC", description="IANA zone of timestamps that carry none")
     indicator: bool = Field(True, description="add <name>_missing, 1.0 for a null timestamp")
     VERSION: ClassVar[int] = 1
-    Params: ClassVar[type[StrictModel]] = _NoParams
 
     @field_validator("timezone", "assume_timezone")
     @classmethod
@@ -69,18 +63,6 @@ class TimestampParts(ColumnStep):
 
     def output_names(self) -> list[str]:
         return _names(self.model_dump())
-
-    def needs_fit(self) -> bool:
-        return False
-
-    def partial_fit(self, batch: Any) -> Stats:
-        return {}
-
-    def merge(self, a: Stats, b: Stats) -> Stats:
-        return {}
-
-    def finalize(self, stats: Stats) -> State:
-        return make_state(self, self.VERSION, {})
 
     @staticmethod
     def apply(state: State, batch: Any) -> Applied:

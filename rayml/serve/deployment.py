@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 
 from rayml import __version__, drift
 from rayml.errors import RequestError
-from rayml.metrics import Recorder
+from rayml.recorders import Recorder
 from rayml.predictor import LABEL_OUTPUT, Predictor
 from rayml.serve import ModelEntry, ServeConfig, resolve_routes
 from rayml.serve import protocol

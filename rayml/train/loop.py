@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from rayml.evaluate import curves
-from rayml.metrics import TrainRecorder
+from rayml.recorders import TrainRecorder
 from rayml.models import ModelConfig, build_model
 from rayml.train import checkpoint as ckpt
 from rayml.train import steps

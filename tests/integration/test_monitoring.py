@@ -57,7 +57,9 @@ def activity(prometheus, ray_cluster, tmp_path_factory) -> dict:
     started = time.time()
     root = tmp_path_factory.mktemp("monitored")
     generate_fraud(6_000, root / "data", seed=3, bad_fraction=0.02)
-    job = pipeline.load_job(JOB, job_overrides(root / "data", root, f"run.name={RUN}", "train.epochs=2"))
+    # Its own job and model names: other tests (the demo, ray job submit) record the same metrics on this cluster.
+    job = pipeline.load_job(JOB, job_overrides(root / "data", root, f"run.name={RUN}", "train.epochs=2",
+                                               "name=monitored_job", "registry.model_name=monitored"))
     registered = pipeline.run(job)
 
     first = Path(registered["version_dir"])

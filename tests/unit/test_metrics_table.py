@@ -1,4 +1,4 @@
-"""Unit tests for rayml.metrics: the table's conventions, lazy Ray import, and a Recorder that never raises.
+"""Unit tests for rayml.metrics and rayml.recorders: the table's conventions, lazy Ray import, recorders that never raise.
 
 Ray is imported only inside a subprocess, and never started: building a ``ray.util.metrics`` object does not
 connect to a cluster.
@@ -14,6 +14,7 @@ import textwrap
 import pytest
 
 from rayml import metrics as M
+from rayml import recorders
 
 PROMETHEUS_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 SERVING = {
@@ -82,8 +83,8 @@ def test_recorder_never_raises_when_metrics_are_unavailable(monkeypatch: pytest.
     def unavailable(name: str):
         raise ImportError("No module named 'ray'")
 
-    monkeypatch.setattr(M, "make", unavailable)
-    rec = M.Recorder("fraud", "3")
+    monkeypatch.setattr(recorders, "make", unavailable)
+    rec = recorders.Recorder("fraud", "3")
     rec.request("/predict/{model}", 200, 0.01)
     rec.observe_latency("/predict/{model}", 0.01)
     rec.batch_rows(8)
@@ -109,13 +110,19 @@ def test_import_is_lazy_and_make_builds_cached_ray_metrics() -> None:
             assert M.make(name) is metric, "make is cached per process"
             assert metric.info["name"] == name and metric.info["tag_keys"] == spec.tag_keys
 
-        rec = M.Recorder("fraud", 3)
+        from rayml.recorders import Recorder, TrainRecorder
+        rec = Recorder("fraud", 3)
         rec.request("/predict/{model}", 200, 0.004)
         rec.batch_rows(np.int64(64))
         rec.prediction_scores(np.array([0.0, 0.5, 1.0], dtype=np.float32))
         rec.feature_psi({"amount": np.float64(0.31)})
         rec.shadow("ok", np.array([0.01, -0.02]))
         rec.prediction_scores(["not a number"])  # dropped and logged, not raised
+        train = TrainRecorder("run-1")
+        train.started(1, 4)
+        train.epoch({"epoch": 1, "train_loss": 0.3, "val_loss": 0.2, "val_roc_auc": 0.9, "val_pr_auc": 0.4,
+                     "train_rows": 1000, "epoch_seconds": 1.5}, 1.7e9)
+        train.checkpoint_seconds(0.02)
         import ray
         assert not ray.is_initialized(), "building or recording a metric started Ray"
         print("OK")
@@ -125,3 +132,28 @@ def test_import_is_lazy_and_make_builds_cached_ray_metrics() -> None:
     assert done.returncode == 0, done.stderr
     assert "OK" in done.stdout
     assert "rayml_serve_prediction_score not recorded" in done.stderr
+
+
+def test_gauge_keeper_re_sets_kept_gauges_until_their_version_is_forgotten(monkeypatch: pytest.MonkeyPatch):
+    """Ray 2.60 forgets a gauge not set within 20 s; the keeper re-sets each kept gauge with its last value."""
+    calls: list[tuple[str, float, dict]] = []
+
+    class Gauge:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def set(self, value: float, tags: dict) -> None:
+            calls.append((self.name, value, tags))
+
+    monkeypatch.setattr(recorders, "make", Gauge)
+    keeper = recorders._GaugeKeeper()
+    monkeypatch.setattr(keeper, "_run", lambda: None)  # no background thread in a unit test
+    keeper.keep("rayml_serve_feature_psi", {"model": "m", "version": "1", "feature": "a"}, 0.1)
+    keeper.keep("rayml_serve_feature_psi", {"model": "m", "version": "1", "feature": "a"}, 0.3)  # last value wins
+    keeper.keep("rayml_serve_feature_psi", {"model": "m", "version": "2", "feature": "a"}, 0.2)
+    keeper.refresh()
+    assert sorted((value, tags["version"]) for _, value, tags in calls) == [(0.2, "2"), (0.3, "1")]
+    calls.clear()
+    keeper.forget({"model": "m", "version": "1"})
+    keeper.refresh()
+    assert [(value, tags["version"]) for _, value, tags in calls] == [(0.2, "2")]
