@@ -104,6 +104,13 @@ class ColumnStep(StrictModel):
     def out(self) -> str:
         return self.name or self.column
 
+    def output_names(self) -> list[str]:
+        """One output named after the step; featurizers with several outputs override this."""
+        return [self.out]
+
+    def needs_fit(self) -> bool:
+        return True
+
 
 class NoParams(StrictModel):
     """The fitted params of a featurizer that learns nothing from data."""

@@ -62,12 +62,6 @@ class _VocabFields(ColumnStep):
             )
         return self
 
-    def output_names(self) -> list[str]:
-        return [self.out]
-
-    def needs_fit(self) -> bool:
-        return True
-
     def partial_fit(self, batch: Any) -> Stats:
         values = read_strings(batch, self.column)
         counts = pc.value_counts(values.drop_null()).to_pylist() if len(values) else []
@@ -185,9 +179,6 @@ class Hashing(StatelessStep):
                 "output: index with an embedding, or fewer buckets"
             )
         return self
-
-    def output_names(self) -> list[str]:
-        return [self.out]
 
     @staticmethod
     def apply(state: State, batch: Any) -> Applied:

@@ -66,9 +66,6 @@ class ImageFeatures(ColumnStep):
             raise ValueError(f"std {self.std} must be positive")
         return self
 
-    def output_names(self) -> list[str]:
-        return [self.out]
-
     def needs_fit(self) -> bool:
         return self.mean is None
 

@@ -36,12 +36,6 @@ class Standardize(ColumnStep):
     VERSION: ClassVar[int] = 1
     Params: ClassVar[type[StrictModel]] = _Scale
 
-    def output_names(self) -> list[str]:
-        return [self.out]
-
-    def needs_fit(self) -> bool:
-        return True
-
     def partial_fit(self, batch: Any) -> Stats:
         return {"moments": S.moments(read_float(batch, self.column))}
 
@@ -69,12 +63,6 @@ class MinMax(ColumnStep):
     clip: bool = Field(False, description="clip outputs to [0, 1] for values outside the training range")
     VERSION: ClassVar[int] = 1
     Params: ClassVar[type[StrictModel]] = _Scale
-
-    def output_names(self) -> list[str]:
-        return [self.out]
-
-    def needs_fit(self) -> bool:
-        return True
 
     def partial_fit(self, batch: Any) -> Stats:
         values = read_float(batch, self.column)
@@ -114,9 +102,6 @@ class Log1p(StatelessStep):
     kind: Literal["log1p"] = "log1p"
     negative: Literal["clip", "signed", "error"] = Field("clip", description="policy for values below 0")
     VERSION: ClassVar[int] = 1
-
-    def output_names(self) -> list[str]:
-        return [self.out]
 
     @staticmethod
     def apply(state: State, batch: Any) -> Applied:
@@ -174,9 +159,6 @@ class Clip(ColumnStep):
         if self.lower is not None and self.upper is not None and self.lower >= self.upper:
             raise ValueError(f"lower {self.lower} must be below upper {self.upper}")
         return self
-
-    def output_names(self) -> list[str]:
-        return [self.out]
 
     def needs_fit(self) -> bool:
         return self.quantiles is not None
