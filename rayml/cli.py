@@ -7,7 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from rayml import dashboards, monitor
+from rayml import dashboards, ingest, kafka_broker, monitor, tune
+from rayml.datasets import packaged
 from rayml.errors import ConfigError, RaymlError
 
 
@@ -52,7 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     gen = verbs.add_parser("generate", help="generate a synthetic data set")
     gen.add_argument("dataset", choices=["fraud"])
     gen.add_argument("--rows", type=int, required=True)
-    gen.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
+    gen.add_argument("--out", help="output directory (must not exist or be empty)")
+    gen.add_argument("--kafka", metavar="BOOTSTRAP", help="produce JSON messages to this Kafka instead of files")
+    gen.add_argument("--topic", help="the Kafka topic, with --kafka")
+    gen.add_argument("--span-hours", type=float, help="with --kafka: event times over this many hours, not 30 days")
     gen.add_argument("--bad-fraction", type=float, default=0.0, help="fraction of malformed records")
     gen.add_argument("--format", default="parquet", choices=["parquet", "csv", "jsonl"])
     gen.add_argument("--seed", type=int, default=0)
@@ -66,7 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     monitor.add_cli(verbs)
+    packaged.add_cli(verbs)
     dashboards.add_cli(verbs)
+    ingest.add_cli(verbs)
+    kafka_broker.add_cli(verbs)
+    tune.add_cli(verbs)
 
     demo = verbs.add_parser("demo", help="generate data, run the fraud job, serve the model, query it, stop")
     demo.add_argument("--rows", type=int, default=20_000)
@@ -106,6 +114,10 @@ def _check(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from rayml.datasets.fraud import generate_fraud
 
+    if args.kafka or args.topic or args.span_hours is not None:
+        return kafka_broker.generate_cli(args)
+    if not args.out:
+        raise ConfigError("--out is required: pass a new directory, or --kafka BOOTSTRAP --topic T", "generate")
     summary = generate_fraud(args.rows, args.out, seed=args.seed, bad_fraction=args.bad_fraction, fmt=args.format)
     print(
         f"wrote {summary['rows']} records ({summary['bad_rows']} malformed) in {len(summary['files'])} file(s) "

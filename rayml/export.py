@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,14 @@ from rayml.models import Probability
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "features"
-OUTPUT_NAME = "probability"
+OUTPUT_NAME = "probability"  # the output of a binary classifier
+OUTPUT_NAMES = {"binary": OUTPUT_NAME, "multiclass": "probabilities", "regression": "prediction"}
+
+
+def output_name(task: str) -> str:
+    """The ONNX output of a model of ``task``: probability [batch], probabilities [batch, classes] or
+    prediction [batch]."""
+    return OUTPUT_NAMES[task]
 
 
 class ExportConfig(StrictModel):
@@ -31,9 +39,10 @@ class ExportConfig(StrictModel):
     opset: int = Field(18, ge=17, le=23, description="ONNX opset version")
 
 
-def export_onnx(model: torch.nn.Module, input_dim: int, path: str | Path, opset: int = 18) -> Path:
-    """Export ``model`` (logits) as an ONNX graph ``features[batch, input_dim] -> probability[batch]``."""
-    wrapped = Probability(model).eval()
+def export_onnx(model: torch.nn.Module, input_dim: int, path: str | Path, opset: int = 18,
+                task: str = "binary") -> Path:
+    """Export ``model`` (logits) as an ONNX graph ``features[batch, input_dim] -> output_name(task)``."""
+    wrapped = Probability(model, task).eval()
     example = torch.zeros(2, input_dim, dtype=torch.float32)
     target = Path(path)
     with warnings.catch_warnings():
@@ -43,7 +52,7 @@ def export_onnx(model: torch.nn.Module, input_dim: int, path: str | Path, opset:
             (example,),
             str(target),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=[output_name(task)],
             dynamic_shapes=({0: torch.export.Dim("batch")},),
             opset_version=opset,
             external_data=False,
@@ -71,14 +80,15 @@ def onnx_session(
     return ort.InferenceSession(str(path), sess_options=options, providers=chosen)
 
 
-def parity(model: torch.nn.Module, onnx_path: str | Path, features: np.ndarray, tolerance: float) -> dict[str, Any]:
-    """Compare torch and onnxruntime probabilities on ``features``; raise ParityError past ``tolerance``."""
+def parity(model: torch.nn.Module, onnx_path: str | Path, features: np.ndarray, tolerance: float,
+           task: str = "binary") -> dict[str, Any]:
+    """Compare torch and onnxruntime outputs on ``features``; raise ParityError past ``tolerance``."""
     if features.ndim != 2 or features.shape[0] == 0:
         raise ParityError(f"parity needs a non-empty [rows, features] matrix, got shape {features.shape}")
-    wrapped = Probability(model).eval()
+    wrapped = Probability(model, task).eval()
     with torch.no_grad():
         expected = wrapped(torch.from_numpy(features.astype(np.float32))).numpy()
-    got = onnx_session(onnx_path).run([OUTPUT_NAME], {INPUT_NAME: features.astype(np.float32)})[0]
+    got = onnx_session(onnx_path).run([output_name(task)], {INPUT_NAME: features.astype(np.float32)})[0]
     report = parity_report(expected, got, tolerance)
     if not report["passed"]:
         raise ParityError(
@@ -121,33 +131,46 @@ def run_stage(
     import ray.data
 
     from rayml import drift
-    from rayml.featurize import FEATURES
+    from rayml.featurize import FEATURES, fusable
     from rayml.fuse import fuse, fused_parity
-    from rayml.models import load_trained
+    from rayml.models import load_trained, output_count
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    input_dim = state["output_dim"]
-    model = load_trained(checkpoint_dir, model_config, input_dim)
-    plain = export_onnx(model, input_dim, out / "model_features.onnx", opset=config.opset)
+    input_dim, task = state["output_dim"], state["task"]
+    outputs = output_count(task, state.get("classes"))
+    model = load_trained(checkpoint_dir, model_config, input_dim, outputs, state["layout"])
+    plain = export_onnx(model, input_dim, out / "model_features.onnx", opset=config.opset, task=task)
     test = ray.data.read_parquet(test_path).select_columns([FEATURES])
     rows = test.take_batch(config.parity_rows, batch_format="numpy")
     features = np.asarray(rows[FEATURES], dtype=np.float32)
-    report = parity(model, plain, features, config.tolerance)
-    fused = fuse(state, plain, out / "model.onnx")
-    edge_cases = with_edge_cases(held_out.slice(0, config.parity_rows), state)
-    fused_report = fused_parity(state, model, fused, edge_cases, config.tolerance)
-    log.info("export: parity max |diff| %.2e (features), %.2e (fused, %d rows incl. unseen/null); tolerance %g",
-             report["max_abs_diff"], fused_report["max_abs_diff"], fused_report["rows"], config.tolerance)
+    report = parity(model, plain, features, config.tolerance, task)
+    fused_report = None
+    if fusable(state):
+        served = fuse(state, plain, out / "model.onnx")
+        edge_cases = with_edge_cases(held_out.slice(0, config.parity_rows), state)
+        fused_report = fused_parity(state, model, served, edge_cases, config.tolerance)
+        log.info("export: parity max |diff| %.2e (features), %.2e (fused, %d rows incl. unseen/null); "
+                 "tolerance %g", report["max_abs_diff"], fused_report["max_abs_diff"], fused_report["rows"],
+                 config.tolerance)
+    else:
+        # Images and text: the replica runs the Python featurizer (the same code as training) before the graph.
+        served = Path(shutil.copyfile(plain, out / "model.onnx"))
+        log.info("export: parity max |diff| %.2e (features; image/text inputs are featurized in Python when "
+                 "served); tolerance %g", report["max_abs_diff"], config.tolerance)
     numeric = [s["name"] for s in state["numeric"]]
     categorical = [s["name"] for s in state["categorical"]]
-    columns = {name: train_sample.column(name).to_numpy(zero_copy_only=False) for name in numeric + categorical}
-    profile = drift.reference_profile(columns, numeric, categorical)
-    (out / "reference.json").write_text(json.dumps(profile, indent=2, sort_keys=True))
+    reference = None
+    if numeric or categorical:  # drift is profiled on tabular inputs; ids, images and text have no profile
+        columns = {name: train_sample.column(name).to_numpy(zero_copy_only=False) for name in numeric + categorical}
+        profile = drift.reference_profile(columns, numeric, categorical)
+        reference = out / "reference.json"
+        reference.write_text(json.dumps(profile, indent=2, sort_keys=True))
     return {
-        "onnx_path": str(fused),
+        "onnx_path": str(served),
+        "onnx_input": "columns" if fused_report is not None else "features",
         "features_onnx_path": str(plain),
-        "reference_path": str(out / "reference.json"),
+        "reference_path": str(reference) if reference is not None else None,
         "parity": report,
         "fused_parity": fused_report,
         "input_dim": input_dim,
@@ -164,10 +187,12 @@ def with_edge_cases(table: pa.Table, state: dict[str, Any], rows: int = 32) -> p
     head = table.slice(0, k)
     unseen = head
     nulls = head
-    for spec in state["categorical"]:
+    for spec in [*state["categorical"], *state.get("embed", [])]:
         index = head.schema.get_field_index(spec["name"])
-        unseen = unseen.set_column(index, spec["name"], pa.array([UNSEEN] * k, head.schema.field(index).type))
-    for spec in [*state["numeric"], *state["categorical"]]:
+        field_type = head.schema.field(index).type
+        value = UNSEEN if pa.types.is_string(field_type) else -987_654_321  # an int id no vocabulary holds
+        unseen = unseen.set_column(index, spec["name"], pa.array([value] * k, field_type))
+    for spec in [*state["numeric"], *state["categorical"], *state.get("embed", [])]:
         index = head.schema.get_field_index(spec["name"])
         nulls = nulls.set_column(index, spec["name"], pa.nulls(k, head.schema.field(index).type))
     return pa.concat_tables([table, unseen, nulls])

@@ -21,20 +21,33 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from rayml.config import StrictModel
+from rayml import labels as labels_mod
 from rayml.errors import DataValidationError, RegistryError
+from rayml.featurize_media import ImageInput, TextInput, apply_image, apply_text, image_partial, image_shape, \
+    image_state, text_state
+from rayml.labels import Task
 from rayml.split import SPLITS
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: task, classes, embed, image, text, layout
 
 
 class FeaturizeConfig(StrictModel):
-    """Which columns become model inputs and how."""
+    """Which columns become model inputs and how, and what the label is."""
 
-    label: str = Field(min_length=1, description="the 0/1 target column")
+    label: str = Field(min_length=1, description="the target column")
+    task: Task = Field(
+        "binary", description="binary (a 0/1 label), multiclass (int or string classes) or regression (a number)"
+    )
     numeric: list[str] = Field(default_factory=list, description="numeric columns, standardized")
     log1p: list[str] = Field(default_factory=list, description="numeric columns to log1p before scaling")
     categorical: list[str] = Field(default_factory=list, description="string columns, one-hot encoded")
-    max_categories: int = Field(64, ge=1, le=100_000, description="most frequent values kept per column")
+    embed: list[str] = Field(
+        default_factory=list, description="string/int columns encoded as one index each (0 = unseen), for "
+        "embedding tables: the fields of an fm model (e.g. user and item ids)"
+    )
+    image: ImageInput | None = Field(None, description="an image column: normalized pixels for a cnn")
+    text: TextInput | None = Field(None, description="a text column: its frozen MiniLM sentence embedding")
+    max_categories: int = Field(64, ge=1, le=1_000_000, description="most frequent values kept per column")
     min_frequency: int = Field(1, ge=1, description="values seen fewer times in training become 'unseen'")
     keep: list[str] = Field(
         default_factory=list, description="columns carried next to the features for evaluation, not inputs"
@@ -42,17 +55,23 @@ class FeaturizeConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> FeaturizeConfig:
-        if not self.numeric and not self.categorical:
-            raise ValueError("no input features; list columns under numeric and/or categorical")
+        if not (self.numeric or self.categorical or self.embed or self.image or self.text):
+            raise ValueError("no input features; list columns under numeric, categorical or embed, or set image "
+                             "or text")
         extra = sorted(set(self.log1p) - set(self.numeric))
         if extra:
             raise ValueError(f"log1p columns {extra} are not in numeric; add them to numeric or remove them")
-        both = sorted(set(self.numeric) & set(self.categorical))
+        kinds = [set(self.numeric), set(self.categorical), set(self.embed)]
+        both = sorted((kinds[0] & kinds[1]) | (kinds[0] & kinds[2]) | (kinds[1] & kinds[2]))
         if both:
-            raise ValueError(f"columns {both} are both numeric and categorical; choose one")
-        if self.label in set(self.numeric) | set(self.categorical):
+            raise ValueError(f"columns {both} are listed under more than one of numeric, categorical, embed; "
+                             "choose one")
+        if self.label in set().union(*kinds, self.media_columns()):
             raise ValueError(f"label {self.label!r} is also an input feature; remove it from the inputs")
         return self
+
+    def media_columns(self) -> list[str]:
+        return [m.column for m in (self.image, self.text) if m is not None]
 
 
 def partial_stats(batch: pa.Table, config: FeaturizeConfig) -> dict[str, Any]:
@@ -65,31 +84,26 @@ def partial_stats(batch: pa.Table, config: FeaturizeConfig) -> dict[str, Any]:
         # (count, mean, sum of squared deviations): merges exactly, without the cancellation of E[x^2]-E[x]^2
         numeric[name] = [float(finite.size), mean, float(np.square(finite - mean).sum())]
     categorical: dict[str, dict[str, int]] = {}
-    for name in config.categorical:
+    for name in [*config.categorical, *config.embed]:
         counts = pc.value_counts(_categories(batch.column(name)))
         categorical[name] = {
             str(v["values"]): int(v["counts"]) for v in counts.to_pylist() if v["values"] is not None
         }
-    labels = _labels(batch.column(config.label)) if config.label in batch.column_names else np.zeros(0)
-    if not np.isfinite(labels).all() or not np.isin(labels, (0.0, 1.0)).all():
-        raise DataValidationError(
-            f"label column {config.label!r} holds nulls or values other than 0/1; declare it in validation.columns "
-            "as a non-nullable int with min 0 and max 1 so such records are quarantined"
-        )
-    positives = int(labels.sum())
+    label = batch.column(config.label) if config.label in batch.column_names else pa.array([], pa.float64())
     return {
         "rows": batch.num_rows,
         "numeric": numeric,
         "categorical": categorical,
-        "label_counts": {"0": int(labels.size - positives), "1": positives},
+        "label": labels_mod.partial(label, config.task, config.label),
+        "image": image_partial(batch, config.image) if config.image else None,
     }
 
 
 def merge_stats(partials: Iterable[dict[str, Any]], config: FeaturizeConfig) -> dict[str, Any]:
     """Combine partial statistics and turn them into the fitted state (a JSON-ready dict)."""
     sums = {name: [0.0, 0.0, 0.0] for name in config.numeric}
-    counts: dict[str, dict[str, int]] = {name: {} for name in config.categorical}
-    label_counts = {"0": 0, "1": 0}
+    counts: dict[str, dict[str, int]] = {name: {} for name in [*config.categorical, *config.embed]}
+    label_parts, image_parts = [], []
     rows = 0
     for part in partials:
         rows += part["rows"]
@@ -105,8 +119,9 @@ def merge_stats(partials: Iterable[dict[str, Any]], config: FeaturizeConfig) -> 
             acc_counts = counts[name]
             for value, c in values.items():
                 acc_counts[value] = acc_counts.get(value, 0) + c
-        for key in label_counts:
-            label_counts[key] += part["label_counts"][key]
+        label_parts.append(part["label"])
+        if part.get("image") is not None:
+            image_parts.append(part["image"])
 
     numeric = []
     for name in config.numeric:
@@ -114,24 +129,65 @@ def merge_stats(partials: Iterable[dict[str, Any]], config: FeaturizeConfig) -> 
         std = math.sqrt(m2 / n) if n else 0.0
         # A constant (or empty) column scales by 1 so it maps to 0 instead of dividing by zero.
         numeric.append({"name": name, "log1p": name in config.log1p, "mean": mean, "std": std if std > 1e-12 else 1.0})
-    categorical = []
-    for name in config.categorical:
+
+    def vocabulary(name: str) -> list[str]:
         ranked = sorted(counts[name].items(), key=lambda kv: (-kv[1], kv[0]))
-        vocab = [v for v, c in ranked if c >= config.min_frequency][: config.max_categories]
-        categorical.append({"name": name, "vocab": vocab})
+        return [v for v, c in ranked if c >= config.min_frequency][: config.max_categories]
+
+    categorical = [{"name": name, "vocab": vocabulary(name)} for name in config.categorical]
+    embed = [{"name": name, "vocab": vocabulary(name)} for name in config.embed]
     names = [n["name"] for n in numeric]
     for cat in categorical:
         names += [f"{cat['name']}={v}" for v in cat["vocab"]] + [f"{cat['name']}=<unseen>"]
-    return {
+    names += [f"{e['name']}#index" for e in embed]
+    state: dict[str, Any] = {
         "version": STATE_VERSION,
+        "task": config.task,
         "label": config.label,
         "rows": rows,
-        "label_counts": label_counts,
         "numeric": numeric,
         "categorical": categorical,
-        "feature_names": names,
-        "output_dim": len(names),
+        "embed": embed,
+        "image": image_state(image_parts, config.image) if config.image else None,
+        "text": text_state(config.text) if config.text else None,
+        **labels_mod.fitted(labels_mod.merge(label_parts, config.task), config.task, config.label),
     }
+    if state["image"] is not None:
+        names += [f"{config.image.column}#pixel{i}" for i in range(math.prod(image_shape(state["image"])))]
+    if state["text"] is not None:
+        names += [f"{config.text.column}#embedding{i}" for i in range(state["text"]["dim"])]
+    state["feature_names"] = names
+    state["output_dim"] = len(names)
+    state["layout"] = layout(state)
+    return state
+
+
+def layout(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """What each block of the feature matrix is: kind, first column (offset), width, and per kind the column
+    (and cardinality for an embed index, shape [C, H, W] for an image)."""
+    blocks: list[dict[str, Any]] = []
+    offset = 0
+    if state["numeric"]:
+        width = len(state["numeric"])
+        blocks.append({"kind": "numeric", "offset": 0, "width": width})
+        offset = width
+    for spec in state["categorical"]:
+        width = len(spec["vocab"]) + 1
+        blocks.append({"kind": "onehot", "column": spec["name"], "offset": offset, "width": width})
+        offset += width
+    for spec in state.get("embed", []):
+        blocks.append({"kind": "embed", "column": spec["name"], "offset": offset, "width": 1,
+                       "cardinality": len(spec["vocab"]) + 1})
+        offset += 1
+    if state.get("image") is not None:
+        shape = image_shape(state["image"])
+        blocks.append({"kind": "image", "column": state["image"]["config"]["column"], "offset": offset,
+                       "width": math.prod(shape), "shape": shape})
+        offset += math.prod(shape)
+    if state.get("text") is not None:
+        column = state["text"]["tokenize"]["config"]["column"]
+        blocks.append({"kind": "text", "column": column, "offset": offset, "width": state["text"]["dim"]})
+    return blocks
 
 
 def transform(batch: pa.Table, state: dict[str, Any]) -> np.ndarray:
@@ -155,17 +211,41 @@ def transform(batch: pa.Table, state: dict[str, Any]) -> np.ndarray:
         codes[codes < 0] = len(vocab)
         out[np.arange(n), col + codes] = 1.0
         col += len(vocab) + 1
+    for spec in state.get("embed", []):
+        vocab = spec["vocab"]
+        raw = _categories(batch.column(spec["name"])).to_pandas()
+        codes = pd.Categorical(raw.astype(object), categories=vocab).codes.astype(np.int64)
+        out[:, col] = codes + 1  # -1 (unseen or null) -> 0, vocabulary value i -> i + 1
+        col += 1
+    if state.get("image") is not None:
+        pixels = apply_image(batch, state["image"])
+        out[:, col:col + pixels.shape[1]] = pixels
+        col += pixels.shape[1]
+    if state.get("text") is not None:
+        embedded = apply_text(batch, state["text"])
+        out[:, col:col + embedded.shape[1]] = embedded
     return out
 
 
 def labels(batch: pa.Table, state: dict[str, Any]) -> np.ndarray:
-    """The label column as float32 0/1."""
-    return _labels(batch.column(state["label"])).astype(np.float32)
+    """The training target as float32: 0/1 (binary), the class index (multiclass) or the value (regression)."""
+    return labels_mod.encode(batch.column(state["label"]), state)
 
 
 def input_columns(state: dict[str, Any]) -> list[str]:
     """The raw columns ``transform`` reads, in order."""
-    return [s["name"] for s in state["numeric"]] + [s["name"] for s in state["categorical"]]
+    columns = [s["name"] for s in state["numeric"]] + [s["name"] for s in state["categorical"]]
+    columns += [s["name"] for s in state.get("embed", [])]
+    if state.get("image") is not None:
+        columns.append(state["image"]["config"]["column"])
+    if state.get("text") is not None:
+        columns.append(state["text"]["tokenize"]["config"]["column"])
+    return columns
+
+
+def fusable(state: dict[str, Any]) -> bool:
+    """Whether ONNX can compute this featurizer (numeric, one-hot and embed indexes; not images or text)."""
+    return state.get("image") is None and state.get("text") is None
 
 
 def dumps(state: dict[str, Any]) -> str:
@@ -179,11 +259,14 @@ def loads(text: str) -> dict[str, Any]:
         state = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RegistryError(f"featurizer state is not valid JSON ({exc}); re-run the featurize stage") from exc
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+    if not isinstance(state, dict) or state.get("version") not in (1, STATE_VERSION):
         found = state.get("version") if isinstance(state, dict) else None
         raise RegistryError(
-            f"featurizer state version {found!r}; this rayml reads version {STATE_VERSION}. Re-run the pipeline"
+            f"featurizer state version {found!r}; this rayml reads versions 1 and {STATE_VERSION}. Re-run the "
+            "pipeline"
         )
+    state.setdefault("task", "binary")  # version 1: binary classification of numeric and one-hot columns
+    state.setdefault("layout", layout(state))
     return state
 
 
@@ -202,10 +285,6 @@ def _categories(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
     return array if pa.types.is_string(array.type) else pc.cast(array, pa.string())
-
-
-def _labels(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 FEATURES = "features"
@@ -232,7 +311,8 @@ def run_stage(
     if out.exists():
         shutil.rmtree(out)  # a rerun of an interrupted stage starts clean instead of appending
     out.mkdir(parents=True)
-    needed = sorted({config.label, split.key, *config.numeric, *config.categorical, *config.keep})
+    needed = sorted({config.label, split.key, *config.numeric, *config.categorical, *config.embed,
+                     *config.media_columns(), *config.keep})
     records = ray.data.read_parquet(valid_path, partitioning=None).select_columns(needed)
     by_split = split_datasets(records, split)
     partials = by_split["train"].map_batches(
@@ -251,7 +331,11 @@ def run_stage(
     return {
         "state_path": str(out / STATE_FILE),
         "input_dim": state["output_dim"],
-        "label_counts": state["label_counts"],
+        "label_counts": state.get("label_counts"),
+        "task": state["task"],
+        "classes": state.get("classes"),
+        "label_stats": state.get("label_stats"),
+        "layout": state["layout"],
         "rows": counts,
         "paths": {name: str(out / name) for name in SPLITS},
     }

@@ -24,8 +24,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from rayml.errors import DataValidationError, ParityError, RegistryError
-from rayml.export import INPUT_NAME, OUTPUT_NAME, onnx_session, parity_report
-from rayml.featurize import _categories, transform
+from rayml.export import INPUT_NAME, onnx_session, output_name, parity_report
+from rayml.featurize import _categories, fusable, transform
 from rayml.models import Probability
 
 ML_DOMAIN = "ai.onnx.ml"
@@ -86,7 +86,7 @@ def featurizer_graph(state: dict[str, Any], opset: int = 18) -> onnx.ModelProto:
         scaled = node("Div", [node("Sub", [filled, mean], "centered"), std], "scaled")
         blocks.append(node("Cast", [scaled], "num_features", to=TensorProto.FLOAT))
 
-    onehot_values = const("onehot_values", np.array([0.0, 1.0], np.float32))
+    onehot_values = const("onehot_values", np.array([0.0, 1.0], np.float32)) if state["categorical"] else ""
     for i, spec in enumerate(state["categorical"]):
         name, vocab = spec["name"], [str(v) for v in spec["vocab"]]
         inputs.append(helper.make_tensor_value_info(name, TensorProto.STRING, [BATCH]))
@@ -101,6 +101,21 @@ def featurizer_graph(state: dict[str, Any], opset: int = 18) -> onnx.ModelProto:
         )
         depth = const(f"cat{i}_depth", np.array(len(vocab) + 1, np.int64))
         blocks.append(node("OneHot", [codes, depth, onehot_values], f"cat{i}", axis=-1))
+
+    for i, spec in enumerate(state.get("embed", [])):
+        # The index featurize.transform writes: vocabulary value i -> i + 1, unseen or null -> 0.
+        name, vocab = spec["name"], [str(v) for v in spec["vocab"]]
+        inputs.append(helper.make_tensor_value_info(name, TensorProto.STRING, [BATCH]))
+        if not vocab:
+            shape = node("Concat", [node("Shape", [name], f"emb{i}_shape"), axis1], f"emb{i}_shape2", axis=0)
+            blocks.append(node("Expand", [const(f"emb{i}_zero", np.zeros((1, 1), np.float32)), shape], f"emb{i}"))
+            continue
+        index = node(
+            "LabelEncoder", [name], f"emb{i}_index", domain=ML_DOMAIN,
+            keys_strings=vocab, values_int64s=list(range(1, len(vocab) + 1)), default_int64=0,
+        )
+        as_float = node("Cast", [index], f"emb{i}_float", to=TensorProto.FLOAT)
+        blocks.append(node("Unsqueeze", [as_float, axis1], f"emb{i}"))
 
     output = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [BATCH, state["output_dim"]])
     nodes.append(helper.make_node("Concat", blocks, [INPUT_NAME], name=_FEAT + "features", axis=1))
@@ -122,10 +137,11 @@ def fuse(state: dict[str, Any], model_path: str | Path, out_path: str | Path) ->
     """
     exported = onnx.load(str(model_path))
     names = {i.name for i in exported.graph.input}
-    if INPUT_NAME not in names or OUTPUT_NAME not in {o.name for o in exported.graph.output}:
+    output = output_name(state.get("task", "binary"))
+    if INPUT_NAME not in names or output not in {o.name for o in exported.graph.output}:
         raise RegistryError(
             f"{model_path} is not an exported rayml model: expected input {INPUT_NAME!r} and output "
-            f"{OUTPUT_NAME!r}, found inputs {sorted(names)}. Export it with rayml.export.export_onnx"
+            f"{output!r}, found inputs {sorted(names)}. Export it with rayml.export.export_onnx"
         )
     width = exported.graph.input[0].type.tensor_type.shape.dim[1].dim_value
     if width and width != state["output_dim"]:
@@ -169,7 +185,7 @@ def fused_feeds(table: pa.Table, state: dict[str, Any]) -> dict[str, np.ndarray]
     for spec in state["numeric"]:
         values = pc.cast(table.column(spec["name"]), pa.float64()).to_numpy(zero_copy_only=False)
         feeds[spec["name"]] = np.asarray(values, dtype=np.float64)
-    for spec in state["categorical"]:
+    for spec in [*state["categorical"], *state.get("embed", [])]:
         text = pc.fill_null(_categories(table.column(spec["name"])), NULL_CATEGORY)
         feeds[spec["name"]] = np.asarray(text.to_numpy(zero_copy_only=False), dtype=object)
     return feeds
@@ -188,10 +204,11 @@ def fused_parity(
     if table.num_rows == 0:
         raise ParityError("fused parity needs a non-empty table of raw rows, got 0 rows")
     features = transform(table, state)
-    wrapped = Probability(model).eval()
+    task = state.get("task", "binary")
+    wrapped = Probability(model, task).eval()
     with torch.no_grad():
         expected = wrapped(torch.from_numpy(features)).numpy()
-    got = onnx_session(fused_path).run([OUTPUT_NAME], fused_feeds(table, state))[0]
+    got = onnx_session(fused_path).run([output_name(task)], fused_feeds(table, state))[0]
     report = parity_report(expected, got, tolerance)
     if not report["passed"]:
         raise ParityError(
@@ -204,13 +221,18 @@ def fused_parity(
 
 
 def _columns(state: dict[str, Any]) -> list[str]:
-    return [s["name"] for s in state["numeric"]] + [s["name"] for s in state["categorical"]]
+    specs = [*state["numeric"], *state["categorical"], *state.get("embed", [])]
+    return [s["name"] for s in specs]
 
 
 def _check_state(state: dict[str, Any]) -> None:
     """Reject states the graph cannot represent faithfully, naming the column and the fix."""
+    if not fusable(state):
+        raise RegistryError("this featurizer has image or text inputs, which ONNX cannot compute; serve the model "
+                            "with the Python featurizer (export does this by itself)")
     columns = _columns(state)
     width = len(state["numeric"]) + sum(len(s["vocab"]) + 1 for s in state["categorical"])
+    width += len(state.get("embed", []))
     if width != state.get("output_dim"):
         raise RegistryError(
             f"featurizer state says output_dim {state.get('output_dim')!r} but its columns make {width} "
@@ -219,13 +241,14 @@ def _check_state(state: dict[str, Any]) -> None:
     dupes = sorted({c for c in columns if columns.count(c) > 1})
     if dupes:
         raise RegistryError(f"featurizer state lists columns {dupes} more than once; re-run the featurize stage")
-    reserved = sorted({c for c in columns if c in (INPUT_NAME, OUTPUT_NAME) or c.startswith((_FEAT, _MODEL))})
+    output = output_name(state.get("task", "binary"))
+    reserved = sorted({c for c in columns if c in (INPUT_NAME, output) or c.startswith((_FEAT, _MODEL))})
     if reserved:
         raise RegistryError(
-            f"input columns {reserved} clash with names the fused graph uses ({INPUT_NAME!r}, {OUTPUT_NAME!r}, "
+            f"input columns {reserved} clash with names the fused graph uses ({INPUT_NAME!r}, {output!r}, "
             f"'{_FEAT}*', '{_MODEL}*'); rename them in the data before featurizing"
         )
-    for spec in state["categorical"]:
+    for spec in [*state["categorical"], *state.get("embed", [])]:
         if NULL_CATEGORY in spec["vocab"]:
             raise RegistryError(
                 f"categorical column {spec['name']!r} has the empty string in its vocabulary, but the fused graph "

@@ -136,7 +136,8 @@ _SPECS = (
     MetricSpec(
         "rayml_train_val_metric",
         "gauge",
-        "Validation quality after the last completed epoch, metric = roc_auc or pr_auc.",
+        "Validation quality after the last completed epoch, metric = roc_auc and pr_auc (binary), accuracy "
+        "(multiclass) or rmse (regression).",
         ("run", "metric"),
     ),
     MetricSpec(

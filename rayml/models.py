@@ -1,12 +1,19 @@
-"""Plain PyTorch modules and ``build_model``. No Ray imports: the same classes train, export and test."""
+"""Plain PyTorch modules and ``build_model``. No Ray imports: the same classes train, export and test.
+
+Every model reads the featurizer's matrix ``features[batch, input_dim]`` and returns logits: ``[batch]`` for one
+output (binary classification, regression), ``[batch, outputs]`` otherwise. The featurizer state's ``layout``
+says which columns of that matrix are what (see ``featurize.layout``): the CNN reads its image block from it,
+the factorization machine its embedded categorical fields.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rayml.config import StrictModel
 
@@ -14,52 +21,188 @@ from rayml.config import StrictModel
 class ModelConfig(StrictModel):
     """Architecture of the network."""
 
-    kind: Literal["mlp"] = Field("mlp", description="model family; mlp for tabular features")
-    hidden: list[int] = Field([64, 32], min_length=1, max_length=8, description="width of each hidden layer")
+    kind: Literal["mlp", "cnn", "fm"] = Field(
+        "mlp", description="model family: mlp (tabular or embedding features), cnn (an image block of the "
+        "features), fm (factorization machine over embedded categorical fields: matrix factorization for "
+        "recommendation)"
+    )
+    hidden: list[int] = Field([64, 32], max_length=8, description="width of each dense hidden layer")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout after each hidden layer")
+    channels: list[int] = Field([16, 32], min_length=1, max_length=4,
+                                description="cnn: output channels of each conv -> ReLU -> 2x2 max-pool block")
+    kernel_size: int = Field(3, ge=1, le=11, description="cnn: square convolution kernel size (odd)")
+    factors: int = Field(32, ge=1, le=1024, description="fm: latent factors per embedded value")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if self.kind == "mlp" and not self.hidden:
+            raise ValueError("an mlp needs at least one hidden layer; set train.model.hidden: [64, 32]")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (padding keeps the size), got {self.kernel_size}")
+        return self
+
+
+def _dense(width: int, hidden: list[int], dropout: float, outputs: int) -> torch.nn.Sequential:
+    layers: list[torch.nn.Module] = []
+    for size in hidden:
+        layers += [torch.nn.Linear(width, size), torch.nn.ReLU(), torch.nn.Dropout(dropout)]
+        width = size
+    layers.append(torch.nn.Linear(width, outputs))
+    return torch.nn.Sequential(*layers)
+
+
+def _squeeze(logits: torch.Tensor, outputs: int) -> torch.Tensor:
+    return logits.squeeze(-1) if outputs == 1 else logits
 
 
 class MLP(torch.nn.Module):
-    """Feed-forward binary classifier: returns one logit per row."""
+    """Feed-forward network: one logit per row, or ``outputs`` logits."""
 
-    def __init__(self, input_dim: int, hidden: list[int], dropout: float) -> None:
+    def __init__(self, input_dim: int, hidden: list[int], dropout: float, outputs: int = 1) -> None:
         super().__init__()
-        layers: list[torch.nn.Module] = []
-        width = input_dim
-        for size in hidden:
-            layers += [torch.nn.Linear(width, size), torch.nn.ReLU(), torch.nn.Dropout(dropout)]
-            width = size
-        layers.append(torch.nn.Linear(width, 1))
-        self.net = torch.nn.Sequential(*layers)
+        self.outputs = outputs
+        self.net = _dense(input_dim, hidden, dropout, outputs)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features).squeeze(-1)
+        return _squeeze(self.net(features), self.outputs)
+
+
+class CNN(torch.nn.Module):
+    """conv -> ReLU -> pool blocks over the image block of ``features``, then dense layers.
+
+    Columns outside the image block (other inputs of the job) join the flattened conv output before the
+    dense layers.
+    """
+
+    def __init__(self, input_dim: int, image: dict[str, Any], config: ModelConfig, outputs: int) -> None:
+        super().__init__()
+        self.outputs = outputs
+        self.offset, self.width = int(image["offset"]), int(image["width"])
+        self.shape = [int(s) for s in image["shape"]]  # [channels, height, width]
+        blocks: list[torch.nn.Module] = []
+        channels, height, width = self.shape
+        for size in config.channels:
+            blocks += [torch.nn.Conv2d(channels, size, config.kernel_size, padding=config.kernel_size // 2),
+                       torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+            channels, height, width = size, height // 2, width // 2
+        if height < 1 or width < 1:
+            raise ValueError(f"{len(config.channels)} conv blocks pool a {self.shape[1]}x{self.shape[2]} image to "
+                             "nothing; use fewer train.model.channels or larger images")
+        self.conv = torch.nn.Sequential(*blocks)
+        self.other = input_dim - self.width
+        self.head = _dense(channels * height * width + self.other, config.hidden, config.dropout, outputs)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        pixels = features[:, self.offset:self.offset + self.width].reshape(-1, *self.shape)
+        flat = self.conv(pixels).flatten(1)
+        if self.other:
+            rest = torch.cat([features[:, :self.offset], features[:, self.offset + self.width:]], dim=1)
+            flat = torch.cat([flat, rest], dim=1)
+        return _squeeze(self.head(flat), self.outputs)
+
+
+class FactorizationMachine(torch.nn.Module):
+    """Second-order factorization machine over embedded categorical fields (Rendle, 2010).
+
+    score = bias + sum of per-value biases + sum over field pairs of <v_i, v_j> + linear(dense columns).
+    With two fields (user, item) and no dense columns this is biased matrix factorization. Index 0 of every
+    field is the '<unseen>' value (users or items not seen in training): its factor and bias stay zero, so an
+    unknown user or item scores by the global bias and the known fields' terms.
+    """
+
+    def __init__(self, input_dim: int, fields: list[dict[str, Any]], config: ModelConfig) -> None:
+        super().__init__()
+        if not fields:
+            raise ValueError("an fm model needs embedded categorical fields; list them under features.embed")
+        self.columns = [int(f["offset"]) for f in fields]
+        sizes = [int(f["cardinality"]) for f in fields]
+        # padding_idx=0: the '<unseen>' row stays zero, so an unknown user or item scores as the average
+        # (bias terms of the known fields only) instead of through weights no training row ever reached.
+        self.factors = torch.nn.ModuleList(torch.nn.Embedding(n, config.factors, padding_idx=0) for n in sizes)
+        self.biases = torch.nn.ModuleList(torch.nn.Embedding(n, 1, padding_idx=0) for n in sizes)
+        with torch.no_grad():
+            for table in self.factors:
+                torch.nn.init.normal_(table.weight, std=1.0 / math.sqrt(config.factors))
+                table.weight[0].zero_()
+            for table in self.biases:
+                torch.nn.init.zeros_(table.weight)
+        self.bias = torch.nn.Parameter(torch.zeros(1))
+        embedded = set(self.columns)
+        self.dense_columns = [i for i in range(input_dim) if i not in embedded]
+        self.linear = torch.nn.Linear(len(self.dense_columns), 1, bias=False) if self.dense_columns else None
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        score = self.bias.expand(features.shape[0])
+        vectors = []
+        for column, factors, biases in zip(self.columns, self.factors, self.biases):
+            index = features[:, column].round().long()
+            vectors.append(factors(index))
+            score = score + biases(index).squeeze(-1)
+        stacked = torch.stack(vectors, dim=1)  # [batch, fields, factors]
+        # sum over pairs i<j of <v_i, v_j> = ((sum v)^2 - sum v^2) / 2, summed over factors
+        pairs = 0.5 * (stacked.sum(dim=1).pow(2) - stacked.pow(2).sum(dim=1)).sum(dim=1)
+        score = score + pairs
+        if self.linear is not None:
+            score = score + self.linear(features[:, self.dense_columns]).squeeze(-1)
+        return score
 
 
 class Probability(torch.nn.Module):
-    """Wraps a logit model so its output is a probability; this is what gets exported and served."""
+    """Wraps a logit model so its output is what gets served: a probability (binary), class probabilities
+    (multiclass) or the prediction itself (regression). This is what gets exported."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, task: str = "binary") -> None:
         super().__init__()
         self.model = model
+        self.task = task
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(features))
+        logits = self.model(features)
+        if self.task == "binary":
+            return torch.sigmoid(logits)
+        if self.task == "multiclass":
+            return torch.softmax(logits, dim=-1)
+        return logits
 
 
-def build_model(config: ModelConfig, input_dim: int) -> torch.nn.Module:
-    """A freshly initialized model for ``input_dim`` features."""
+def output_count(task: str, classes: list[str] | None) -> int:
+    """Logits the model needs for ``task``: one for binary and regression, one per class for multiclass."""
+    return len(classes or []) if task == "multiclass" else 1
+
+
+def build_model(
+    config: ModelConfig, input_dim: int, outputs: int = 1, layout: list[dict[str, Any]] | None = None
+) -> torch.nn.Module:
+    """A freshly initialized model for ``input_dim`` features; ``layout`` is the featurizer state's."""
     if input_dim < 1:
         raise ValueError(f"input_dim must be positive, got {input_dim}")
-    return MLP(input_dim, list(config.hidden), config.dropout)
+    if outputs < 1:
+        raise ValueError(f"outputs must be positive, got {outputs}")
+    blocks = layout or []
+    if config.kind == "cnn":
+        images = [b for b in blocks if b["kind"] == "image"]
+        if len(images) != 1:
+            raise ValueError(f"a cnn needs exactly one image input (features.image), found {len(images)}")
+        return CNN(input_dim, images[0], config, outputs)
+    if config.kind == "fm":
+        if outputs != 1:
+            raise ValueError("an fm model scores one value per row (binary or regression), not several classes")
+        return FactorizationMachine(input_dim, [b for b in blocks if b["kind"] == "embed"], config)
+    return MLP(input_dim, list(config.hidden), config.dropout, outputs)
 
 
 WEIGHTS_FILE = "model.pt"  # a state_dict saved with torch.save; always loaded with weights_only=True
 
 
-def load_trained(checkpoint_dir: str | Path, config: ModelConfig, input_dim: int) -> torch.nn.Module:
+def load_trained(
+    checkpoint_dir: str | Path,
+    config: ModelConfig,
+    input_dim: int,
+    outputs: int = 1,
+    layout: list[dict[str, Any]] | None = None,
+) -> torch.nn.Module:
     """The model of a training checkpoint directory, in eval mode on the CPU."""
-    model = build_model(config, input_dim)
+    model = build_model(config, input_dim, outputs, layout)
     state = torch.load(Path(checkpoint_dir) / WEIGHTS_FILE, weights_only=True, map_location="cpu")
     model.load_state_dict(state)
     return model.eval()

@@ -28,12 +28,18 @@ from rayml.errors import ConfigError
 from rayml.evaluate import EvaluateConfig
 from rayml.export import ExportConfig
 from rayml.featurize import FeaturizeConfig
-from rayml.models import WEIGHTS_FILE
+from rayml.ingest import IngestConfig
+from rayml.evaluate import task_stage
+from rayml.export import output_name
+from rayml.models import WEIGHTS_FILE, output_count
 from rayml.predictor import FEATURIZER_FILE, MODEL_FILE
 from rayml.runtime import RuntimeConfig
 from rayml.source import SourceConfig
 from rayml.split import SplitConfig
+from rayml.tracking import Tracker, TrackingConfig
 from rayml.train import TrainConfig
+from rayml.train.steps import TASK_METRICS
+from rayml.tune import TuneConfig
 from rayml.validate import ValidateConfig
 
 log = logging.getLogger("rayml")
@@ -71,6 +77,9 @@ class JobConfig(StrictModel):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     registry: RegistryConfig
+    ingest: IngestConfig | None = Field(None, description="`rayml ingest`: Kafka -> validated Parquet output")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow experiment tracking")
+    tune: TuneConfig | None = Field(None, description="`rayml tune`: the search space and ASHA settings")
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
@@ -129,17 +138,39 @@ def cross_check(job: JobConfig) -> list[str]:
                 f"{path}: column {column!r} has type {types[column]}; it needs one of {', '.join(allowed)}"
             )
 
+    features = job.features
     need("split.key", job.split.key, ("string", "int"))
-    need("features.label", job.features.label, ("int", "bool", "float"))
-    for name in job.features.numeric:
+    label_types = {"binary": ("int", "bool", "float"), "multiclass": ("int", "string", "bool"),
+                   "regression": ("float", "int")}
+    need("features.label", features.label, label_types[features.task])
+    for name in features.numeric:
         need("features.numeric", name, ("float", "int", "bool"))
-    for name in job.features.categorical:
-        need("features.categorical", name, ("string",))
-    for name in job.features.keep:
-        need("features.keep", name, ("string", "float", "int", "bool"))
+    for name in features.categorical:
+        need("features.categorical", name, ("string", "int"))
+    for name in features.embed:
+        need("features.embed", name, ("string", "int"))
+    if features.image is not None:
+        need("features.image.column", features.image.column, ("binary",))
+    if features.text is not None:
+        need("features.text.column", features.text.column, ("string",))
+    for name in features.keep:
+        need("features.keep", name, ("string", "float", "int", "bool", "timestamp"))
     ref = job.evaluate.reference_score_column
-    if ref is not None and ref not in job.features.keep:
+    if ref is not None and ref not in features.keep:
         problems.append(f"evaluate.reference_score_column: {ref!r} must also be listed in features.keep")
+    if ref is not None and features.task != "binary":
+        problems.append(f"evaluate.reference_score_column: only binary jobs compare with a reference score, this "
+                        f"one is {features.task}; remove it")
+    metric = job.train.checkpoint_metric
+    if metric not in TASK_METRICS[features.task]:
+        problems.append(f"train.checkpoint_metric: {metric!r} is not reported for a {features.task} job; use one "
+                        f"of {', '.join(TASK_METRICS[features.task])}")
+    kind = job.train.model.kind
+    if kind == "cnn" and features.image is None:
+        problems.append("train.model.kind: a cnn needs an image input; set features.image or use kind: mlp")
+    if kind == "fm" and (not features.embed or features.task == "multiclass"):
+        problems.append("train.model.kind: an fm model needs features.embed columns and a binary or regression "
+                        "task; use kind: mlp otherwise")
     return problems
 
 
@@ -148,40 +179,68 @@ def run(job: JobConfig, *, through: Literal["train", "register"] = "register") -
 
     ``through="train"`` stops after training and returns the train stage's manifest.
     """
+    run_dir = start(job)
+    started = time.perf_counter()
+    tracker = Tracker.from_config(job.tracking, job.run.root, job.name)
+    run_id = tracker.start(run_dir, run_dir.name, job.model_dump(mode="json", exclude={"tracking"}))
+    status = "FAILED"
+    try:
+        validated, featurized = prepare(job, run_dir)
+        trained = _stage(run_dir, "train", [featurized["fingerprint"], job.train],
+                         lambda out: _train(job, featurized, out, {"tracker": tracker.to_dict(), "run_id": run_id}))
+        if through == "train":
+            status = "FINISHED"
+            return trained
+        registered = finish(job, run_dir, validated, featurized, trained)
+        evaluate_dir = run_dir / "evaluate"
+        tracker.log_report(run_id, artifacts.read_json(evaluate_dir / "report.json"),
+                           sorted(evaluate_dir.glob("*.png")))
+        tracker.log_registered(run_id, registered["version_dir"], registered["model_name"], registered["version"])
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.finish(run_id, status)
+    log.info("registered %s (%.0f s in all)", registered["version_dir"], time.perf_counter() - started)
+    return registered
+
+
+def start(job: JobConfig) -> Path:
+    """The run directory of ``job`` (its job.json written), with Ray connected."""
     run_dir = Path(job.run.root) / (job.run.name or f"{job.name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}")
     artifacts.check_name(run_dir.name, "run.name")
     log.info("run directory %s", run_dir)
     save_job(job, run_dir)
     log.info("%s", runtime.connect(job.runtime))
-    started = time.perf_counter()
+    return run_dir
 
+
+def prepare(job: JobConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The validate and featurize stages (reused when complete): their manifests."""
     validated = _stage(run_dir, "validate", [job.source, job.validation],
                        lambda out: _validate(job, out))
     log.info("validate: read %d, valid %d, quarantined %d (%s)", validated["read_rows"], validated["valid_rows"],
              validated["quarantined_rows"], validated["quarantine_path"])
-
     featurized = _stage(run_dir, "featurize", [validated["fingerprint"], job.split, job.features],
                         lambda out: featurize.run_stage(validated["valid_path"], split=job.split,
                                                         config=job.features, out_dir=out))
     log.info("featurize: %d features; rows %s", featurized["input_dim"], featurized["rows"])
+    return validated, featurized
 
-    trained = _stage(run_dir, "train", [featurized["fingerprint"], job.train],
-                     lambda out: _train(job, featurized, out))
-    if through == "train":
-        return trained
+
+def finish(job: JobConfig, run_dir: Path, validated: dict[str, Any], featurized: dict[str, Any],
+           trained: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate, export and register a trained model: ``trained`` needs ``checkpoint`` (a directory holding
+    model.pt), ``history``, ``final``, ``checkpoint_choice``, ``stopped_early``, ``attempts`` and ``fingerprint``
+    (what the train stage's manifest holds; ``rayml tune`` builds one for its best trial)."""
     evaluated = _stage(run_dir, "evaluate", [trained["fingerprint"], job.evaluate],
                        lambda out: _evaluate(job, featurized, trained, out))
-    report = evaluated["report"]
-    log.info("evaluate (test): roc_auc=%s pr_auc=%s threshold=%.4f precision=%.3f recall=%.3f f1=%.3f",
-             _fmt(report["roc_auc"]), _fmt(report["pr_auc"]), report["threshold"], report["precision"],
-             report["recall"], report["f1"])
-
+    log.info("evaluate (test): %s", _summary(job.features.task, evaluated["report"]))
     exported = _stage(run_dir, "export", [trained["fingerprint"], job.export],
                       lambda out: _export(job, validated, featurized, trained, out))
-    registered = _stage(run_dir, "register", [exported["fingerprint"], evaluated["fingerprint"], job.registry],
-                        lambda out: _register(job, run_dir, validated, featurized, trained, evaluated, exported))
-    log.info("registered %s (%.0f s in all)", registered["version_dir"], time.perf_counter() - started)
-    return registered
+    return _stage(run_dir, "register", [exported["fingerprint"], evaluated["fingerprint"], job.registry],
+                  lambda out: _register(job, run_dir, validated, featurized, trained, evaluated, exported))
 
 
 def _stage(run_dir: Path, name: str, inputs: list[Any], body: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
@@ -206,7 +265,8 @@ def _validate(job: JobConfig, out: Path) -> dict[str, Any]:
     return summary
 
 
-def _train(job: JobConfig, featurized: dict[str, Any], out: Path) -> dict[str, Any]:
+def _train(job: JobConfig, featurized: dict[str, Any], out: Path,
+           tracking: dict[str, Any] | None = None) -> dict[str, Any]:
     import ray.data
 
     # Checkpoints are only resumed for the same data, architecture and optimization path; anything else starts
@@ -229,10 +289,13 @@ def _train(job: JobConfig, featurized: dict[str, Any], out: Path) -> dict[str, A
         if train.cache_in_memory(job.train.cache, featurized["paths"][name]):
             dataset = dataset.materialize()  # every epoch then iterates the object store, not the files
         data[name] = dataset
-    weight = train.pos_weight(job.train, featurized["label_counts"])
+    task = featurized.get("task", "binary")
+    weight = train.pos_weight(job.train, featurized["label_counts"]) if task == "binary" else 1.0
     result = train.fit(data["train"], data["val"], input_dim=featurized["input_dim"], positive_weight=weight,
                        train_rows=featurized["rows"]["train"], config=job.train, storage_dir=out,
-                       run_name=out.parent.name)
+                       run_name=out.parent.name, task=task,
+                       outputs=output_count(task, featurized.get("classes")), layout=featurized["layout"],
+                       tracking=tracking)
     return {**result, "pos_weight": weight, "final": result["history"][-1]}
 
 
@@ -243,8 +306,18 @@ def _evaluate(job: JobConfig, featurized: dict[str, Any], trained: dict[str, Any
     columns = [featurize.FEATURES, featurize.LABEL, *keep]
     val = ray.data.read_parquet(featurized["paths"]["val"]).select_columns(columns[:2])
     test = ray.data.read_parquet(featurized["paths"]["test"]).select_columns(columns)
+    task = featurized.get("task", "binary")
+    if task != "binary":
+        stats = featurized.get("label_stats") or {}
+        return task_stage.run_stage(
+            val, test, checkpoint_dir=trained["checkpoint"], model=job.train.model,
+            input_dim=featurized["input_dim"], outputs=output_count(task, featurized.get("classes")),
+            layout=featurized["layout"], task=task, classes=featurized.get("classes"),
+            baseline=float(stats.get("mean", 0.0)), batch_rows=job.evaluate.batch_rows, out_dir=out,
+        )
     return evaluate_stage.run_stage(val, test, checkpoint_dir=trained["checkpoint"], model=job.train.model,
-                                    input_dim=featurized["input_dim"], config=job.evaluate, out_dir=out)
+                                    input_dim=featurized["input_dim"], config=job.evaluate, out_dir=out,
+                                    layout=featurized["layout"])
 
 
 REFERENCE_ROWS = 50_000  # training rows profiled for drift: enough for stable deciles, small for the driver
@@ -283,18 +356,26 @@ def _register(
         FEATURIZER_FILE: Path(featurized["state_path"]),
         WEIGHTS_FILE: Path(trained["checkpoint"]) / WEIGHTS_FILE,
         "report.json": run_dir / "evaluate" / "report.json",
-        "reference.json": Path(exported["reference_path"]),
     }
+    if exported.get("reference_path"):
+        files["reference.json"] = Path(exported["reference_path"])
+    task, report = state["task"], evaluated["report"]
+    classes = state.get("classes")
     manifest = {
-        "task": "binary_classification",
+        "task": TASK_NAMES[task],
         "input_schema": [c.model_dump() for c in job.validation.columns if c.name in inputs],
-        "outputs": [{"name": "probability", "datatype": "FP32", "shape": [-1]}],
-        "threshold": evaluated["report"]["threshold"],
-        "metrics": {k: evaluated["report"][k] for k in ("roc_auc", "pr_auc", "precision", "recall", "f1")},
+        "outputs": [{"name": output_name(task), "datatype": "FP32",
+                     "shape": [-1, len(classes)] if classes else [-1]}],
+        "threshold": report.get("threshold"),
+        "classes": classes,
+        "metrics": {k: report[k] for k in TASK_REPORT_KEYS[task]},
         "parity": exported["parity"],
         "fused_parity": exported["fused_parity"],
-        "onnx_input": "columns",  # model.onnx takes raw columns: the featurizer is fused into the graph
-        "model": {"config": job.train.model.model_dump(), "input_dim": featurized["input_dim"]},
+        # "columns": model.onnx takes raw columns (the featurizer fused into the graph); "features": the replica
+        # runs the Python featurizer first (image and text inputs)
+        "onnx_input": exported.get("onnx_input", "columns"),
+        "model": {"config": job.train.model.model_dump(), "input_dim": featurized["input_dim"],
+                  "outputs": output_count(task, classes), "layout": state["layout"]},
         "training": {"epochs": len(trained["history"]), "final": trained["final"],
                      "checkpoint": trained["checkpoint_choice"], "stopped_early": trained["stopped_early"],
                      "attempts": trained["attempts"]},
@@ -314,6 +395,27 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+TASK_NAMES = {"binary": "binary_classification", "multiclass": "multiclass_classification",
+              "regression": "regression"}
+TASK_REPORT_KEYS = {  # the test metrics a registered model's manifest carries
+    "binary": ("roc_auc", "pr_auc", "precision", "recall", "f1"),
+    "multiclass": ("accuracy", "balanced_accuracy", "log_loss"),
+    "regression": ("rmse", "mae", "r2"),
+}
+
+
+def _summary(task: str, report: dict[str, Any]) -> str:
+    if task == "binary":
+        return (f"roc_auc={_fmt(report['roc_auc'])} pr_auc={_fmt(report['pr_auc'])} threshold="
+                f"{report['threshold']:.4f} precision={report['precision']:.3f} recall={report['recall']:.3f} "
+                f"f1={report['f1']:.3f}")
+    if task == "multiclass":
+        return (f"accuracy={_fmt(report['accuracy'])} macro_f1={_fmt(report['macro']['f1'])} "
+                f"log_loss={_fmt(report['log_loss'])} ({report['rows']} rows)")
+    return (f"rmse={_fmt(report['rmse'])} mae={_fmt(report['mae'])} r2={_fmt(report['r2'])} "
+            f"(predicting the train mean: rmse={_fmt(report['baseline']['rmse'])})")
 
 
 def _fmt(value: float | None) -> str:

@@ -16,7 +16,8 @@ import pyarrow as pa
 
 from rayml import artifacts, featurize
 from rayml.errors import RequestError, summarize
-from rayml.export import INPUT_NAME, OUTPUT_NAME, onnx_session
+from rayml.export import INPUT_NAME, OUTPUT_NAME, onnx_session, output_name
+from rayml.features.base import FeatureInputError
 from rayml.serve.protocol import TensorSpec
 from rayml.source import records_table
 from rayml.validate import ERROR, PROBLEM_SEPARATOR, ColumnSpec, validate_batch
@@ -34,13 +35,17 @@ class Predictor:
 
     def __init__(self, version_dir: str | Path, threads: int = 1, max_batch_rows: int = 1024,
                  spinning: bool = False) -> None:
-        self.path = artifacts.resolve_version_dir(version_dir)
+        self.path = artifacts.local_version_dir(version_dir)  # an s3:// version is fetched to a local cache
         self.manifest = artifacts.verify(self.path)
         self.name: str = self.manifest["model_name"]
         self.version: str = self.manifest["version"]
-        self.threshold: float = float(self.manifest["threshold"])
+        threshold = self.manifest.get("threshold")
+        self.threshold: float | None = None if threshold is None else float(threshold)
         self.columns = [ColumnSpec(**c) for c in self.manifest["input_schema"]]
         self.state = featurize.loads((self.path / FEATURIZER_FILE).read_text())
+        self.task: str = self.state["task"]
+        self.classes: list[str] | None = self.state.get("classes")
+        self.output = output_name(self.task)
         self.fused = self.manifest.get("onnx_input") == "columns"
         self.session = onnx_session(self.path / MODEL_FILE, threads=threads, spinning=spinning)
         self.max_batch_rows = max_batch_rows
@@ -83,24 +88,65 @@ class Predictor:
         return featurize.transform(self.records_table(instances), self.state)
 
     def predict_table(self, table: pa.Table) -> np.ndarray:
-        """Probabilities for validated, typed rows."""
+        """The model's output for validated, typed rows: probability [rows] (binary), probabilities
+        [rows, classes] (multiclass) or prediction [rows] (regression)."""
         if self.fused:
             from rayml.fuse import fused_feeds
 
-            return self.session.run([OUTPUT_NAME], fused_feeds(table, self.state))[0]
-        return self.predict(featurize.transform(table, self.state))
+            return self.session.run([self.output], fused_feeds(table, self.state))[0]
+        try:
+            features = featurize.transform(table, self.state)
+        except FeatureInputError as exc:  # e.g. bytes that are not an image: the client's fault
+            raise RequestError(str(exc)) from exc
+        return self.predict(features)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        """Probabilities for a float32 feature matrix (a graph that takes features, not raw columns)."""
+        """The output for a float32 feature matrix (a graph that takes features, not raw columns)."""
         if self.fused:
             raise ValueError(f"{self.name} v{self.version} takes raw columns; call predict_table")
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: features.astype(np.float32, copy=False)})[0]
+        return self.session.run([self.output], {INPUT_NAME: features.astype(np.float32, copy=False)})[0]
+
+    def scores(self, outputs: np.ndarray) -> np.ndarray:
+        """One number per row for score metrics and shadow deltas: the probability (binary), the top class's
+        probability (multiclass) or the prediction (regression)."""
+        return outputs.max(axis=1) if self.task == "multiclass" else outputs
+
+    def answers(self, outputs: np.ndarray) -> list[dict[str, Any]]:
+        """The ``predictions`` of a /predict response, one object per row."""
+        if self.task == "binary":
+            threshold = float(self.threshold if self.threshold is not None else 0.5)
+            return [{"probability": float(p), "label": int(p >= threshold)} for p in outputs.tolist()]
+        if self.task == "regression":
+            return [{"prediction": float(v)} for v in outputs.tolist()]
+        classes = self.classes or []
+        answers = []
+        for row in outputs.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            answers.append({"label": classes[best], "probability": float(row[best]),
+                            "probabilities": dict(zip(classes, (float(p) for p in row)))})
+        return answers
+
+    def v2_tensors(self, outputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Every v2 output tensor of a batch, by name (see ``v2_outputs``)."""
+        if self.task == "binary":
+            threshold = float(self.threshold if self.threshold is not None else 0.5)
+            return {OUTPUT_NAME: outputs.astype(np.float32),
+                    LABEL_OUTPUT: (outputs >= threshold).astype(np.int64)}
+        if self.task == "regression":
+            return {self.output: outputs.astype(np.float32)}
+        classes = np.asarray(self.classes or [], dtype=object)
+        return {self.output: outputs.astype(np.float32), LABEL_OUTPUT: classes[outputs.argmax(axis=1)]}
 
     def v2_inputs(self) -> list[TensorSpec]:
         return [TensorSpec(c.name, _V2_TYPES[c.type], [-1]) for c in self.columns]
 
     def v2_outputs(self) -> list[TensorSpec]:
-        return [TensorSpec(OUTPUT_NAME, "FP32", [-1]), TensorSpec(LABEL_OUTPUT, "INT64", [-1])]
+        if self.task == "binary":
+            return [TensorSpec(OUTPUT_NAME, "FP32", [-1]), TensorSpec(LABEL_OUTPUT, "INT64", [-1])]
+        if self.task == "regression":
+            return [TensorSpec(self.output, "FP32", [-1])]
+        return [TensorSpec(self.output, "FP32", [-1, len(self.classes or [])]),
+                TensorSpec(LABEL_OUTPUT, "BYTES", [-1])]
 
     def _check_rows(self, rows: int, what: str) -> None:
         if rows > self.max_batch_rows:
@@ -124,4 +170,5 @@ class Predictor:
 
 LABEL_OUTPUT = "label"
 REFERENCE_FILE = "reference.json"
-_V2_TYPES = {"string": "BYTES", "float": "FP64", "int": "INT64", "bool": "BOOL", "timestamp": "BYTES"}
+_V2_TYPES = {"string": "BYTES", "float": "FP64", "int": "INT64", "bool": "BOOL", "timestamp": "BYTES",
+             "binary": "BYTES"}

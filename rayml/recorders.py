@@ -159,8 +159,9 @@ class TrainRecorder(_SafeRecorder):
         self._set("rayml_train_epoch", metrics["epoch"], {})
         self._set("rayml_train_loss", metrics["train_loss"], {"split": "train"})
         self._set("rayml_train_loss", metrics["val_loss"], {"split": "val"})
-        self._set("rayml_train_val_metric", metrics["val_roc_auc"], {"metric": "roc_auc"})
-        self._set("rayml_train_val_metric", metrics["val_pr_auc"], {"metric": "pr_auc"})
+        for key in ("val_roc_auc", "val_pr_auc", "val_accuracy", "val_rmse"):
+            if key in metrics:
+                self._set("rayml_train_val_metric", metrics[key], {"metric": key.removeprefix("val_")})
         self._inc("rayml_train_samples_total", {}, metrics["train_rows"])
         self._observe("rayml_train_epoch_seconds", [metrics["epoch_seconds"]], {})
         self._set("rayml_train_last_epoch_timestamp_seconds", finished_at, {})
@@ -175,3 +176,26 @@ def record_validated(pipeline: str, valid: int, quarantined: int) -> None:
     recorder = _SafeRecorder({"pipeline": pipeline})
     recorder._inc("rayml_data_records_total", {"status": "valid"}, valid)
     recorder._inc("rayml_data_records_total", {"status": "quarantined"}, quarantined)
+
+
+class IngestRecorder(_SafeRecorder):
+    """Records the metrics of one `rayml ingest` (driver side), under its topic."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__({"topic": topic})
+
+    def batch(self, valid: int, quarantined: int, seconds: float, committed_at: float) -> None:
+        """One committed micro-batch: its messages by status, its wall time and when it committed."""
+        self._inc("rayml_ingest_messages_total", {"status": "valid"}, valid)
+        self._inc("rayml_ingest_messages_total", {"status": "quarantined"}, quarantined)
+        self._observe("rayml_ingest_batch_seconds", [seconds], {})
+        self._set("rayml_ingest_last_commit_timestamp_seconds", committed_at, {})
+
+    def lag(self, by_partition: Mapping[int, int]) -> None:
+        """Messages between the committed offset and the high watermark, per partition."""
+        for partition, messages in by_partition.items():
+            self._set("rayml_ingest_lag_messages", messages, {"partition": str(partition)})
+
+    def close(self) -> None:
+        """The ingest stopped: stop refreshing its gauges (they then age out as Ray intends)."""
+        _keeper.forget(self._tags)

@@ -3,13 +3,19 @@
 ``validate_batch`` is pure (pyarrow/pandas only). It never raises on bad data: each record either comes out
 typed and valid, or is marked with every reason it failed, its source position, and its original values as
 JSON, so quarantine loses nothing. The Ray wiring lives in ``rayml.source``.
+
+A ``binary`` column takes Arrow binary or base64 text (JSON); ``check_image`` quarantines bytes that do not
+decode as an image, decoding as the image featurizer (``rayml.features.image``) does.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import json
 import math
-import shutil
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,10 +26,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
+from rayml import storage as store
 from rayml.config import StrictModel
 from rayml.errors import DataValidationError
+from rayml.storage import StorageConfig
 
-ColumnType = Literal["string", "float", "int", "bool", "timestamp"]
+ColumnType = Literal["string", "float", "int", "bool", "timestamp", "binary"]
 
 ERROR = "_error"
 SOURCE_FILE = "_source_file"
@@ -38,7 +46,9 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "int": pa.int64(),
     "bool": pa.bool_(),
     "timestamp": pa.timestamp("us", tz="UTC"),
+    "binary": pa.binary(),
 }
+IMAGE_MAX_PIXELS = 40_000_000  # rayml.features.image.ImageFeatures' default max_pixels
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
 
@@ -47,11 +57,12 @@ class ColumnSpec(StrictModel):
     """One expected column of the input records."""
 
     name: str = Field(min_length=1, description="column name as it appears in the source")
-    type: ColumnType = Field(description="one of string, float, int, bool, timestamp")
+    type: ColumnType = Field(description="one of string, float, int, bool, timestamp, binary")
     nullable: bool = Field(False, description="whether a null value is valid")
     min: float | None = Field(None, description="inclusive lower bound for float/int columns")
     max: float | None = Field(None, description="inclusive upper bound for float/int columns")
     allowed: list[str] | None = Field(None, min_length=1, description="the valid values of a string column")
+    check_image: bool = Field(False, description="binary columns: quarantine bytes that are not an image")
 
     @model_validator(mode="after")
     def _bounds_fit_type(self) -> ColumnSpec:
@@ -59,6 +70,8 @@ class ColumnSpec(StrictModel):
             raise ValueError(f"min/max apply to float or int columns, not {self.type}; remove them")
         if self.allowed is not None and self.type != "string":
             raise ValueError(f"allowed applies to string columns, not {self.type}; remove it")
+        if self.check_image and self.type != "binary":
+            raise ValueError(f"check_image applies to binary columns, not {self.type}; remove it")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min} is greater than max {self.max}; swap them")
         return self
@@ -103,12 +116,12 @@ def output_schema(columns: list[ColumnSpec]) -> pa.Schema:
 def validate_batch(
     raw: pa.Table,
     columns: list[ColumnSpec],
-    source_file: str,
+    source_file: str | list[str],
     first_row: int | np.ndarray,
     originals: list[str] | None = None,
     known_problems: list[str | None] | None = None,
 ) -> pa.Table:
-    """Type and check every record of ``raw`` from ``source_file``.
+    """Type and check every record of ``raw`` from ``source_file`` (one path, or one per record).
 
     ``first_row`` is the source position of the first record (the rest follow on), or an array giving each
     record's position. ``known_problems[i]``, when set, quarantines record ``i`` whatever its values (the
@@ -148,7 +161,7 @@ def validate_batch(
         positions = np.arange(first_row, first_row + n, dtype=np.int64)
     meta = [
         pa.array(errors, pa.string()),
-        pa.array([source_file] * n, pa.string()),
+        pa.array([source_file] * n if isinstance(source_file, str) else source_file, pa.string()),
         pa.array(positions),
         pa.array(raw_json, pa.string()),
     ]
@@ -182,12 +195,19 @@ def _convert(raw: pa.Table, spec: ColumnSpec, n: int) -> tuple[pa.Array, np.ndar
                 high = parsed & (numbers > spec.max)
     if spec.allowed is not None and n:
         outside = parsed & ~converted.isin(spec.allowed).to_numpy(dtype=bool)
+    checked = np.flatnonzero(parsed) if spec.check_image else []
+    undecodable = {int(i): p for i in checked if (p := image_problem(converted.iloc[i])) is not None}
+    not_image = np.isin(np.arange(n), list(undecodable))
 
     def why(i: int) -> str:
         value = original.iloc[i]
         value = value.item() if isinstance(value, np.generic) else value
+        if i in undecodable:
+            return undecodable[i]
         if unparseable[i]:
-            return f"got {value!r}; expected {_EXPECTED[spec.type]}"
+            long_text = spec.type == "binary" and isinstance(value, str) and len(value) > 40
+            shown = f"a {len(value)}-character string" if long_text else repr(value)
+            return f"got {shown}; expected {_EXPECTED[spec.type]}"
         if null[i]:
             return "null but required; supply a value or declare the column nullable"
         if low[i]:
@@ -196,7 +216,7 @@ def _convert(raw: pa.Table, spec: ColumnSpec, n: int) -> tuple[pa.Array, np.ndar
             return f"got {value!r}; above the maximum {spec.max}"
         return f"got {value!r}; not one of the allowed values {spec.allowed}"
 
-    bad = unparseable | null | low | high | outside
+    bad = unparseable | null | low | high | outside | not_image
     keep = parsed & ~bad
     values = pa.array(converted.where(keep, None), type=target, from_pandas=True) if n else pa.nulls(0, target)
     return values, bad, why
@@ -208,7 +228,37 @@ _EXPECTED = {
     "int": "an integer",
     "bool": "true or false",
     "timestamp": "an ISO-8601 timestamp",
+    "binary": "bytes (base64 text in JSON)",
 }
+
+
+def decode_base64(text: str) -> bytes | None:
+    """The bytes of standard base64 text (padded; whitespace ignored), or None if it is not base64."""
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def image_problem(data: bytes, max_pixels: int = IMAGE_MAX_PIXELS) -> str | None:
+    """Why ``data`` does not decode as an image, or None. The same Pillow decode (open, size check, full load)
+    as the image featurizer, so bytes that pass here featurize."""
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise DataValidationError("check_image needs Pillow; pip install 'rayml[features]'") from exc
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > max_pixels:
+                return f"image of {image.width}x{image.height} pixels exceeds max_pixels={max_pixels}"
+            image.load()  # decode every pixel: a truncated file fails here, not in featurize
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        detail = _OBJECT_ADDRESS.sub("", str(exc)).replace(" <_io.BytesIO object>", "")
+        return f"cannot decode the image ({type(exc).__name__}: {detail}); expected PNG or JPEG bytes"
+    return None
+
+
+_OBJECT_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -245,6 +295,14 @@ def _parse(column: pa.Array, original: pd.Series, column_type: ColumnType) -> tu
         if not (numeric or textual):
             return pd.Series([None] * n, dtype=object), np.zeros(n, dtype=bool)
         series = original.map(_to_int)
+        return series, ~pd.isna(series).to_numpy(dtype=bool)
+    if column_type == "binary":
+        if pa.types.is_binary(src) or pa.types.is_large_binary(src) or pa.types.is_fixed_size_binary(src):
+            series = pd.Series(column.to_pylist(), dtype=object)
+        elif textual:
+            series = original.map(lambda v: None if _missing(v) else decode_base64(str(v)))
+        else:
+            return pd.Series([None] * n, dtype=object), np.zeros(n, dtype=bool)
         return series, ~pd.isna(series).to_numpy(dtype=bool)
     if column_type == "float":
         if not (numeric or textual):
@@ -305,6 +363,8 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode("ascii")  # as a JSON request would send it
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)
@@ -314,25 +374,28 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def run_stage(source: Any, config: ValidateConfig, out_dir: str | Path) -> dict[str, Any]:
+def run_stage(
+    source: Any, config: ValidateConfig, out_dir: str | Path, storage: StorageConfig | None = None
+) -> dict[str, Any]:
     """Read ``source`` (a ``SourceConfig``) on Ray Data, validate every record, and write
-    ``<out_dir>/records/_status=valid`` and ``.../_status=quarantined`` in one streaming pass.
-
-    Fails with DataValidationError past ``config.max_bad_fraction``; the outputs stay on disk to inspect.
+    ``<out_dir>/records/_status=valid`` and ``.../_status=quarantined`` in one streaming pass. Either may be
+    ``s3://`` (see ``rayml.storage``). Fails with DataValidationError past ``config.max_bad_fraction``; the
+    outputs stay to inspect.
     """
     from rayml.source import list_files, read_validated
 
-    out = Path(out_dir)
-    records = out / "records"
-    if records.exists():
-        shutil.rmtree(records)  # a rerun of an interrupted stage starts clean instead of appending
-    files = list_files(source.path, source.format)
-    dataset = read_validated(source, config.columns, files).map_batches(_with_status, batch_format="pyarrow")
-    dataset.write_parquet(str(records), partition_cols=[STATUS])
-    valid_rows = parquet_rows(records / f"{STATUS}={VALID}")
-    bad_rows = parquet_rows(records / f"{STATUS}={QUARANTINED}")
+    records = store.join(out_dir, "records")
+    store.delete(records, storage)  # a rerun of an interrupted stage starts clean instead of appending
+    files = list_files(source.path, source.format, storage)
+    dataset = read_validated(source, config.columns, files, storage)
+    dataset = dataset.map_batches(_with_status, batch_format="pyarrow")
+    filesystem, inner = store.resolve(records, storage) if store.is_remote(records) else (None, str(records))
+    dataset.write_parquet(inner, filesystem=filesystem, partition_cols=[STATUS])
+    valid_path = store.join(records, f"{STATUS}={VALID}")
+    quarantine_path = store.join(records, f"{STATUS}={QUARANTINED}")
+    valid_rows, bad_rows = parquet_rows(valid_path, storage), parquet_rows(quarantine_path, storage)
     read_rows = valid_rows + bad_rows
-    by_column = _quarantine_by_column(records / f"{STATUS}={QUARANTINED}")
+    by_column = _quarantine_by_column(quarantine_path, storage)
     summary = {
         "source": {"path": source.path, "format": source.format, "files": len(files)},
         "read_rows": read_rows,
@@ -340,8 +403,8 @@ def run_stage(source: Any, config: ValidateConfig, out_dir: str | Path) -> dict[
         "quarantined_rows": bad_rows,
         "quarantine_by_column": by_column,
         "bad_fraction": bad_rows / read_rows if read_rows else 0.0,
-        "valid_path": str(records / f"{STATUS}={VALID}"),
-        "quarantine_path": str(records / f"{STATUS}={QUARANTINED}"),
+        "valid_path": str(valid_path),
+        "quarantine_path": str(quarantine_path),
     }
     if read_rows == 0:
         raise DataValidationError(f"source {source.path!r} holds no records; nothing to train on")
@@ -364,19 +427,22 @@ def _with_status(batch: pa.Table) -> pa.Table:
     return batch.append_column(STATUS, status)
 
 
-def parquet_rows(directory: str | Path) -> int:
-    """Rows in every Parquet file under ``directory``, from file footers (no data is read)."""
-    path = Path(directory)
-    if not path.is_dir():
-        return 0
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in sorted(path.rglob("*.parquet")))
+def parquet_rows(directory: str | Path, storage: StorageConfig | None = None) -> int:
+    """Rows in the Parquet files under ``directory`` (local or s3://), from their footers (no data is read)."""
+    total = 0
+    for entry in store.list_files(directory, (".parquet",), storage):
+        with store.open_input(entry.path, storage) as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    return total
 
 
-def _quarantine_by_column(directory: Path) -> dict[str, int]:
+def _quarantine_by_column(directory: str | Path, storage: StorageConfig | None) -> dict[str, int]:
     """How many quarantined records failed a check on each column (reads only the ``_error`` column)."""
     counts: dict[str, int] = {}
-    for file in sorted(directory.rglob("*.parquet")) if directory.is_dir() else []:
-        for message in pq.read_table(file, columns=[ERROR]).column(ERROR).to_pylist():
+    for entry in store.list_files(directory, (".parquet",), storage):
+        with store.open_input(entry.path, storage) as fh:
+            messages = pq.read_table(fh, columns=[ERROR]).column(ERROR).to_pylist()
+        for message in messages:
             for problem in (message or "").split(PROBLEM_SEPARATOR):
                 column = problem.split(":", 1)[0]
                 if column:

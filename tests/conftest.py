@@ -127,3 +127,57 @@ def fraud_data(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("data") / "fraud"
     summary = generate_fraud(40_000, out, seed=11, bad_fraction=0.01)
     return {"path": out, "summary": summary}
+
+
+class S3Server:
+    """A moto_server this test session started: an S3 API on 127.0.0.1 holding one empty bucket."""
+
+    def __init__(self, port: int, bucket: str) -> None:
+        self.endpoint_url = f"http://127.0.0.1:{port}"
+        self.bucket = bucket
+        # What a client needs: moto takes any keys; no EC2 metadata lookups.
+        self.env = {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_ACCESS_KEY_ID": "testing",
+                    "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+                    "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([f"s3://{self.bucket}", *parts])
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """`moto_server -H 127.0.0.1 -p PORT` (moto[server] >= 5.2.5; 5.2.1 breaks pyarrow multipart writes) for the
+    whole session, with the bucket created through pyarrow; stopped by its pid at the end. Tests point clients
+    at it with `monkeypatch.setenv` over `s3_server.env`."""
+    import pyarrow.fs as pafs
+
+    moto = Path(sys.executable).with_name("moto_server")
+    if not moto.is_file():
+        pytest.skip("moto_server is missing; pip install 'moto[server]>=5.2.5' (the test extra)")
+    server = S3Server(free_port(), "rayml-test")
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", server.endpoint_url.rsplit(":", 1)[1]],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"moto_server exited with {proc.returncode}: {Path(log.name).read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", int(server.endpoint_url.rsplit(":", 1)[1])), 1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("moto_server did not start listening within 60 s") from None
+                time.sleep(0.2)
+        pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1", scheme="http",
+                          endpoint_override=server.endpoint_url.removeprefix("http://"),
+                          allow_bucket_creation=True).create_dir(server.bucket)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

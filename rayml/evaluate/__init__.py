@@ -49,10 +49,11 @@ class _Scorer:
 
     def __init__(
         self, checkpoint_dir: str, model: dict[str, Any], input_dim: int, reference: str | None,
-        threshold: float | None,
+        threshold: float | None, layout: list[dict[str, Any]] | None = None,
     ) -> None:
         torch.set_num_threads(1)
-        self.model = Probability(load_trained(checkpoint_dir, ModelConfig(**model), input_dim)).eval()
+        trained = load_trained(checkpoint_dir, ModelConfig(**model), input_dim, 1, layout)
+        self.model = Probability(trained).eval()
         self.reference = reference
         self.threshold = threshold
 
@@ -76,6 +77,7 @@ def score(
     input_dim: int,
     config: EvaluateConfig,
     threshold: float | None = None,
+    layout: list[dict[str, Any]] | None = None,
 ) -> tuple[curves.ScoreHistogram, curves.ScoreHistogram | None, dict[str, int] | None]:
     """Score every row of a featurized split: merged model and reference histograms, and the exact confusion
     counts at ``threshold`` when one is given."""
@@ -89,6 +91,7 @@ def score(
             "input_dim": input_dim,
             "reference": config.reference_score_column,
             "threshold": threshold,
+            "layout": layout,
         },
         batch_size=config.batch_rows,
         batch_format="numpy",
@@ -116,16 +119,17 @@ def run_stage(
     input_dim: int,
     config: EvaluateConfig,
     out_dir: str | Path,
+    layout: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Choose the threshold on ``val``, evaluate ``test``; write report.json, roc.png and pr.png."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     no_reference = config.model_copy(update={"reference_score_column": None})
-    val_hist, _, _ = score(val, checkpoint_dir, model, input_dim, no_reference)
+    val_hist, _, _ = score(val, checkpoint_dir, model, input_dim, no_reference, layout=layout)
     threshold = config.fixed_threshold()
     if threshold is None:
         threshold = curves.best_f1_threshold(val_hist)
-    test_hist, ref_hist, confusion = score(test, checkpoint_dir, model, input_dim, config, threshold)
+    test_hist, ref_hist, confusion = score(test, checkpoint_dir, model, input_dim, config, threshold, layout)
     assert confusion is not None  # a threshold was passed
     report = curves.report(test_hist, confusion, threshold, reference=ref_hist)
     report["validation"] = {

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from rayml import __version__, drift
 from rayml.errors import RequestError
 from rayml.recorders import Recorder
-from rayml.predictor import LABEL_OUTPUT, Predictor
+from rayml.predictor import Predictor
 from rayml.serve import ModelEntry, ServeConfig, resolve_routes
 from rayml.serve import protocol
 from rayml.serve.routing import RoutingTable
@@ -203,7 +203,8 @@ class ModelServer:
                 probabilities = await asyncio.to_thread(served.predictor.predict_table, table)
             else:
                 probabilities = served.predictor.predict_table(table)
-            served.observe(table, probabilities)  # on the event loop: metrics and drift windows are not locked
+            # on the event loop: metrics and drift windows are not locked
+            served.observe(table, served.predictor.scores(probabilities))
             offset = 0
             for i in indexes:
                 rows = items[i][1].num_rows
@@ -230,14 +231,11 @@ class ModelServer:
             raise
         finally:
             served.metrics.request("predict", status, time.perf_counter() - started)
-        self._mirror(model, choice.shadow, table, probabilities)
-        threshold = served.predictor.threshold
-        return {
-            "model_name": model,
-            "model_version": choice.version,
-            "threshold": threshold,
-            "predictions": [{"probability": float(p), "label": int(p >= threshold)} for p in probabilities.tolist()],
-        }
+        self._mirror(model, choice.shadow, table, served.predictor.scores(probabilities))
+        answer = {"model_name": model, "model_version": choice.version}
+        if served.predictor.threshold is not None:
+            answer["threshold"] = served.predictor.threshold
+        return {**answer, "predictions": served.predictor.answers(probabilities)}
 
     async def _v2(self, request: Request, model: str, version: Optional[str]) -> dict[str, Any]:
         started = time.perf_counter()
@@ -260,11 +258,8 @@ class ModelServer:
             raise
         finally:
             served.metrics.request("v2_infer", status, time.perf_counter() - started)
-        self._mirror(model, choice.shadow, table, probabilities)
-        outputs = {
-            "probability": probabilities.astype(np.float32),
-            LABEL_OUTPUT: (probabilities >= predictor.threshold).astype(np.int64),
-        }
+        self._mirror(model, choice.shadow, table, predictor.scores(probabilities))
+        outputs = predictor.v2_tensors(probabilities)
         chosen = {name: outputs[name] for name in parsed.requested_outputs}
         return protocol.infer_response(model, choice.version, parsed.id, chosen, predictor.v2_outputs())
 
@@ -279,7 +274,7 @@ class ModelServer:
                 return
             started = time.perf_counter()
             try:
-                scores = await self.infer(model, served, table)
+                scores = served.predictor.scores(await self.infer(model, served, table))
             except Exception:  # noqa: BLE001 - a failing shadow must never affect live traffic
                 served.metrics.shadow("error")
                 return

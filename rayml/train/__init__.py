@@ -157,12 +157,17 @@ def steps_per_epoch(train_rows: int, num_workers: int, batch_size: int) -> int:
 
 
 def loop_config(config: TrainConfig, *, input_dim: int, positive_weight: float, train_rows: int,
-                run_name: str) -> dict[str, Any]:
+                run_name: str, task: str = "binary", outputs: int = 1,
+                layout: list[dict[str, Any]] | None = None,
+                tracking: dict[str, Any] | None = None) -> dict[str, Any]:
     """The plain dict the per-worker loop reads (it crosses to the workers)."""
     per_epoch = steps_per_epoch(train_rows, config.num_workers, config.batch_size)
     return {
         "model": config.model.model_dump(),
         "input_dim": input_dim,
+        "task": task,
+        "outputs": outputs,
+        "layout": layout or [],
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "lr": config.lr,
@@ -178,6 +183,7 @@ def loop_config(config: TrainConfig, *, input_dim: int, positive_weight: float, 
         "seed": config.seed,
         "threads": max(1, int(config.cpus_per_worker)),
         "run_name": run_name,
+        "tracking": tracking,  # {"tracker": Tracker.to_dict(), "run_id": ...}: rank 0 logs each epoch to MLflow
     }
 
 
@@ -191,11 +197,16 @@ def fit(
     config: TrainConfig,
     storage_dir: str | Path,
     run_name: str = "train",
+    task: str = "binary",
+    outputs: int = 1,
+    layout: list[dict[str, Any]] | None = None,
+    tracking: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train with Ray Train DDP; resumes if ``storage_dir`` holds checkpoints of an earlier attempt.
 
     ``train_rows`` (rows of the train split) sizes the LR schedule; ``run_name`` tags the ``rayml_train_*``
-    metrics. Returns the chosen ``checkpoint`` (best by ``config.checkpoint_metric``) and why
+    metrics; ``task``, ``outputs`` (logits per row) and ``layout`` (the featurizer state's) shape the model and
+    its loss. Returns the chosen ``checkpoint`` (best by ``config.checkpoint_metric``) and why
     (``checkpoint_choice``), the ``last_checkpoint``, the per-epoch ``history``, ``attempts``, ``global_step``,
     ``stopped_early``, ``use_gpu`` and ``worker_nodes`` (the Ray node id of each rank).
     """
@@ -212,7 +223,8 @@ def fit(
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config(config, input_dim=input_dim, positive_weight=positive_weight,
-                                      train_rows=train_rows, run_name=run_name),
+                                      train_rows=train_rows, run_name=run_name, task=task, outputs=outputs,
+                                      layout=layout, tracking=tracking),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.num_workers,

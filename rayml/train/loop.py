@@ -9,7 +9,6 @@ exactly the state an uninterrupted run would have had there.
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 from rayml.evaluate import curves
 from rayml.recorders import TrainRecorder
+from rayml.tracking import Tracker
 from rayml.models import ModelConfig, build_model
 from rayml.train import checkpoint as ckpt
 from rayml.train import steps
@@ -36,9 +36,11 @@ def train_loop(cfg: dict[str, Any]) -> None:
     torch.set_num_threads(cfg["threads"])
     device = ray.train.torch.get_device()
     recorder = TrainRecorder(cfg["run_name"]) if rank == 0 else None
+    tracking = cfg.get("tracking") if rank == 0 else None
+    tracker = Tracker.from_dict(tracking["tracker"]) if tracking else None
 
     ckpt.seed_all(cfg["seed"])  # the same seed on every rank: identical initial weights before DDP syncs them
-    model = build_model(ModelConfig(**cfg["model"]), cfg["input_dim"]).to(device)
+    model = build_model(ModelConfig(**cfg["model"]), cfg["input_dim"], cfg["outputs"], cfg["layout"]).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scheduler = steps.build_scheduler(optimizer, schedule=cfg["schedule"], warmup_steps=cfg["warmup_steps"],
                                       total_steps=cfg["total_steps"])
@@ -50,7 +52,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
 
     model = ray.train.torch.prepare_model(model)
     progress.worker_nodes = _gather(ray.get_runtime_context().get_node_id())
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(cfg["pos_weight"], device=device))
+    loss_fn = steps.loss_function(cfg["task"], cfg["pos_weight"], device)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
 
@@ -70,9 +72,9 @@ def train_loop(cfg: dict[str, Any]) -> None:
         val_batches = val_shard.iter_torch_batches(batch_size=cfg["batch_size"], dtypes=torch.float32,
                                                    device=device)
         val_totals, hist = steps.validate_epoch(model, val_batches, loss_fn, device=device,
-                                                precision=cfg["precision"])
+                                                precision=cfg["precision"], task=cfg["task"])
         progress.global_step += taken
-        metrics = _epoch_metrics(epoch, train_totals, val_totals, hist, train_seconds, device)
+        metrics = _epoch_metrics(epoch, train_totals, val_totals, hist, train_seconds, device, cfg["task"])
         metrics.update(lr=optimizer.param_groups[0]["lr"], global_step=progress.global_step,
                        attempt=progress.attempts)
         progress.history.append(metrics)
@@ -81,7 +83,9 @@ def train_loop(cfg: dict[str, Any]) -> None:
             rank == 0 and steps.should_stop(progress.history, cfg["checkpoint_metric"], cfg["patience"]), device
         )
         progress.rng = _gather(ckpt.rng_state())
-        _report(metrics, progress, model, optimizer, scheduler, scaler, recorder, cfg["epochs"])
+        _report(metrics, progress, model, optimizer, scheduler, scaler, recorder, cfg["epochs"], cfg["task"])
+        if tracker is not None:
+            tracker.log_epoch(tracking["run_id"], metrics["epoch"], metrics)
     if rank == 0 and progress.stopped_early:
         log.info("[rayml.train] stopped early after epoch %d: %s did not improve for %d epoch(s)",
                  progress.epoch, cfg["checkpoint_metric"], cfg["patience"])
@@ -122,6 +126,7 @@ def _epoch_metrics(
     hist: curves.ScoreHistogram,
     train_seconds: float,
     device: torch.device,
+    task: str,
 ) -> dict[str, Any]:
     """Sum every rank's losses and score histograms; the metrics of the epoch (equal on every rank)."""
     import torch.distributed as dist
@@ -136,8 +141,7 @@ def _epoch_metrics(
         "epoch": epoch + 1,
         "train_loss": float(train_totals[0] / max(train_totals[1], 1)),
         "val_loss": float(val_totals[0] / max(val_totals[1], 1)),
-        "val_roc_auc": _finite(curves.roc_auc(hist)),
-        "val_pr_auc": _finite(curves.average_precision(hist)),
+        **steps.task_metrics(task, val_totals, hist),
         "train_rows": rows,
         "epoch_seconds": round(train_seconds, 3),
         "samples_per_second": round(rows / train_seconds, 1) if train_seconds > 0 else 0.0,
@@ -153,6 +157,7 @@ def _report(
     scaler: torch.amp.GradScaler | None,
     recorder: TrainRecorder | None,
     epochs: int,
+    task: str,
 ) -> None:
     """Report the epoch on every rank; rank 0 also writes the checkpoint.
 
@@ -169,12 +174,9 @@ def _report(
     started = time.perf_counter()
     directory = Path(tempfile.mkdtemp(prefix="rayml-checkpoint-"))
     ckpt.save_checkpoint(directory, _unwrap(model), optimizer, progress, scheduler, scaler)
-    log.info(
-        "[rayml.train] epoch %d/%d train_loss=%.4f val_loss=%.4f val_roc_auc=%.4f val_pr_auc=%.4f lr=%.2e "
-        "%.1fs %.0f rows/s", metrics["epoch"], epochs, metrics["train_loss"], metrics["val_loss"],
-        metrics["val_roc_auc"], metrics["val_pr_auc"], metrics["lr"], metrics["epoch_seconds"],
-        metrics["samples_per_second"],
-    )
+    shown = " ".join(f"{k}={metrics[k]:.4f}" for k in ("train_loss", *steps.TASK_METRICS[task]))
+    log.info("[rayml.train] epoch %d/%d %s lr=%.2e %.1fs %.0f rows/s", metrics["epoch"], epochs, shown,
+             metrics["lr"], metrics["epoch_seconds"], metrics["samples_per_second"])
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                      checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
     recorder.checkpoint_seconds(time.perf_counter() - started)
@@ -201,6 +203,3 @@ def _gather(value: Any) -> list[Any]:
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
-
-def _finite(value: float) -> float:
-    return float(value) if math.isfinite(value) else 0.0

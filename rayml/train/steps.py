@@ -20,8 +20,30 @@ from rayml.evaluate import curves
 
 Schedule = Literal["constant", "cosine", "linear"]
 Precision = Literal["fp32", "bf16", "fp16"]
-CheckpointMetric = Literal["val_loss", "val_roc_auc", "val_pr_auc"]
-MODES: dict[str, Literal["min", "max"]] = {"val_loss": "min", "val_roc_auc": "max", "val_pr_auc": "max"}
+CheckpointMetric = Literal["val_loss", "val_roc_auc", "val_pr_auc", "val_accuracy", "val_rmse"]
+MODES: dict[str, Literal["min", "max"]] = {"val_loss": "min", "val_roc_auc": "max", "val_pr_auc": "max",
+                                           "val_accuracy": "max", "val_rmse": "min"}
+TASK_METRICS: dict[str, tuple[str, ...]] = {  # the validation metrics each task reports every epoch
+    "binary": ("val_loss", "val_roc_auc", "val_pr_auc"),
+    "multiclass": ("val_loss", "val_accuracy"),
+    "regression": ("val_loss", "val_rmse"),
+}
+
+
+def loss_function(task: str, positive_weight: float, device: torch.device) -> torch.nn.Module:
+    """Binary cross-entropy on logits (positives weighted), cross-entropy over classes, or squared error."""
+    if task == "multiclass":
+        return _ClassLoss()
+    if task == "regression":
+        return torch.nn.MSELoss()
+    return torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(positive_weight, device=device))
+
+
+class _ClassLoss(torch.nn.Module):
+    """Cross-entropy whose targets arrive as float class indexes (every dataset column is read as float32)."""
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits, labels.long())
 
 
 def lr_factor(step: int, *, schedule: str, warmup_steps: int, total_steps: int) -> float:
@@ -117,10 +139,13 @@ def validate_epoch(
     *,
     device: torch.device,
     precision: str = "fp32",
+    task: str = "binary",
 ) -> tuple[torch.Tensor, curves.ScoreHistogram]:
-    """Score ``batches``: ([sum of losses, rows] as float64 on ``device``, histogram of the scores)."""
+    """Score ``batches``: totals as float64 on ``device`` — [sum of losses, rows, task sum] where the task sum
+    is 0 (binary), correct predictions (multiclass) or squared error (regression) — and, for binary, the
+    histogram of the scores (empty otherwise)."""
     model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=device)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
     parts = []
     with torch.no_grad():
         for batch in batches:
@@ -130,8 +155,27 @@ def validate_epoch(
             logits = logits.float()
             totals[0] += loss_fn(logits, labels).double() * len(labels)
             totals[1] += len(labels)
-            parts.append(curves.histogram(torch.sigmoid(logits).cpu().numpy(), labels.cpu().numpy()))
+            if task == "binary":
+                parts.append(curves.histogram(torch.sigmoid(logits).cpu().numpy(), labels.cpu().numpy()))
+            elif task == "multiclass":
+                totals[2] += (logits.argmax(dim=-1) == labels.long()).sum().double()
+            else:
+                totals[2] += (logits - labels).double().pow(2).sum()
     return totals, curves.merge(parts) if parts else curves.histogram(np.zeros(0), np.zeros(0))
+
+
+def task_metrics(task: str, val_totals: torch.Tensor, hist: curves.ScoreHistogram) -> dict[str, float]:
+    """The task's validation metrics (besides val_loss) from every rank's summed totals and histogram."""
+    rows = max(float(val_totals[1]), 1.0)
+    if task == "multiclass":
+        return {"val_accuracy": float(val_totals[2]) / rows}
+    if task == "regression":
+        return {"val_rmse": math.sqrt(float(val_totals[2]) / rows)}
+    return {"val_roc_auc": _finite(curves.roc_auc(hist)), "val_pr_auc": _finite(curves.average_precision(hist))}
+
+
+def _finite(value: float) -> float:
+    return float(value) if math.isfinite(value) else 0.0
 
 
 def improves(value: float, best: float, metric: str) -> bool:

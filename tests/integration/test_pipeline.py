@@ -105,3 +105,22 @@ def test_too_many_bad_records_fail_the_run_with_a_clear_message(fraud_data, tmp_
     assert f"{summary['bad_rows']} of {summary['rows']} records (1.00%)" in message
     assert "validation.max_bad_fraction=0.001" in message
     assert "quarantined" in message
+
+
+def test_mlflow_holds_the_params_the_epochs_the_report_and_the_registered_model(fraud_run):
+    from mlflow.tracking import MlflowClient
+
+    from rayml.tracking import RUN_FILE
+
+    saved = json.loads((fraud_run["run_dir"] / RUN_FILE).read_text())
+    client = MlflowClient(tracking_uri=saved["tracking_uri"])
+    run = client.get_run(saved["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "6" and run.data.params["train.lr"] == "0.003"
+    history = client.get_metric_history(saved["run_id"], "val_roc_auc")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]  # one point per epoch, from rank 0 only
+    report = manifest(fraud_run["run_dir"], "evaluate")["report"]
+    assert run.data.metrics["roc_auc"] == pytest.approx(report["roc_auc"])
+    assert run.data.tags["rayml.registry_path"] == fraud_run["registered"]["version_dir"]
+    logged = {a.path for a in client.list_artifacts(saved["run_id"], "evaluate")}
+    assert {"evaluate/report.json", "evaluate/roc.png", "evaluate/pr.png"} <= logged

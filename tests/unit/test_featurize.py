@@ -210,7 +210,7 @@ def test_dumps_loads_round_trip(table):
     np.testing.assert_array_equal(F.transform(table, loaded), F.transform(table, state))
 
 
-@pytest.mark.parametrize("version", [0, 2, None, "1"])
+@pytest.mark.parametrize("version", [0, 3, None, "1"])
 def test_loads_rejects_other_versions(table, version):
     state = fit(table, cfg())
     state["version"] = version
@@ -255,7 +255,7 @@ def test_no_features_is_rejected():
 
 def test_column_both_numeric_and_categorical_is_rejected():
     (problem,) = _problems({"label": "y", "numeric": ["a"], "categorical": ["a"]})
-    assert "['a'] are both numeric and categorical" in problem
+    assert "['a'] are listed under more than one of numeric, categorical, embed" in problem
 
 
 def test_bounds_and_unknown_keys_reported_together():

@@ -389,7 +389,7 @@ def test_all_column_problems_reported_at_once():
     paths = sorted(p.split(":", 1)[0] for p in problems)
     assert paths == ["columns.0.type", "columns.1.name", "columns.2.nullabel", "max_bad_fraction"]
     unknown = next(p for p in problems if p.startswith("columns.2.nullabel"))
-    assert "known keys here: allowed, max, min, name, nullable, type" in unknown
+    assert "known keys here: allowed, check_image, max, min, name, nullable, type" in unknown
 
 
 def test_empty_columns_rejected():
