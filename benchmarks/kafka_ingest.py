@@ -54,7 +54,7 @@ def plain_loop(bootstrap: str, partitions: dict[int, int], out: Path) -> int:
     total, seen, batch_no = sum(partitions.values()), 0, 0
     while seen < total:
         rows = []
-        for message in consumer.consume(10_000, timeout=1.0):
+        for message in consumer.consume(min(10_000, total - seen), timeout=1.0):
             seen += 1
             try:
                 record = json.loads(message.value())

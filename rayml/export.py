@@ -14,9 +14,12 @@ import pyarrow as pa
 import torch
 from pydantic import Field
 
+from rayml import storage as store
 from rayml.config import StrictModel
 from rayml.errors import ParityError
 from rayml.models import Probability
+from rayml.run_dir import dataset_path, filesystem, staged
+from rayml.storage import StorageConfig
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +124,29 @@ def run_stage(
     test_path: str,
     config: ExportConfig,
     out_dir: str | Path,
+    storage: StorageConfig | None = None,
 ) -> dict[str, Any]:
     """Export the checkpoint, fuse the featurizer into it, and gate both graphs on parity.
 
     Writes ``model_features.onnx`` (features -> probability), ``model.onnx`` (raw columns -> probability, the
     served graph) and ``reference.json`` (the training distribution of each input, for drift). ``held_out``
     holds raw, validated test rows; edge cases (unseen categories, nulls) are added to it for the fused gate.
+    The checkpoint, ``test_path`` and ``out_dir`` may be s3:// (``storage`` reaches them); the files are
+    written locally first, then uploaded.
     """
+    with staged(out_dir, storage) as out:
+        result = _export_to(out, checkpoint_dir, model_config=model_config, state=state, held_out=held_out,
+                            train_sample=train_sample, test_path=test_path, config=config, storage=storage)
+    if store.is_remote(out_dir):  # where the uploaded files are now
+        for key in ("onnx_path", "features_onnx_path", "reference_path"):
+            if result[key] is not None:
+                result[key] = str(store.join(out_dir, Path(result[key]).name))
+    return result
+
+
+def _export_to(out: Path, checkpoint_dir: str, *, model_config: Any, state: dict[str, Any], held_out: pa.Table,
+               train_sample: pa.Table, test_path: str, config: ExportConfig, storage: StorageConfig | None
+               ) -> dict[str, Any]:
     import ray.data
 
     from rayml import drift
@@ -135,13 +154,13 @@ def run_stage(
     from rayml.fuse import fuse, fused_parity
     from rayml.models import load_trained, output_count
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     input_dim, task = state["output_dim"], state["task"]
     outputs = output_count(task, state.get("classes"))
-    model = load_trained(checkpoint_dir, model_config, input_dim, outputs, state["layout"])
+    model = load_trained(checkpoint_dir, model_config, input_dim, outputs, state["layout"],
+                         filesystem(checkpoint_dir, storage))
     plain = export_onnx(model, input_dim, out / "model_features.onnx", opset=config.opset, task=task)
-    test = ray.data.read_parquet(test_path).select_columns([FEATURES])
+    path, test_filesystem = dataset_path(test_path, storage)
+    test = ray.data.read_parquet(path, filesystem=test_filesystem).select_columns([FEATURES])
     rows = test.take_batch(config.parity_rows, batch_format="numpy")
     features = np.asarray(rows[FEATURES], dtype=np.float32)
     report = parity(model, plain, features, config.tolerance, task)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from collections.abc import Iterable
 from typing import Any
@@ -22,10 +21,12 @@ from pydantic import Field, model_validator
 
 from rayml.config import StrictModel
 from rayml import labels as labels_mod
+from rayml import storage as store
 from rayml.errors import DataValidationError, RegistryError
 from rayml.featurize_media import ImageInput, TextInput, apply_image, apply_text, image_partial, image_shape, \
     image_state, text_state
 from rayml.labels import Task
+from rayml.storage import StorageConfig
 from rayml.split import SPLITS
 
 STATE_VERSION = 2  # 2: task, classes, embed, image, text, layout
@@ -298,22 +299,25 @@ def run_stage(
     split: Any,
     config: FeaturizeConfig,
     out_dir: str | Path,
+    storage: StorageConfig | None = None,
 ) -> dict[str, Any]:
     """Split the valid records (``split`` is a ``SplitConfig``), fit on train only, and write the featurized
     ``train``/``val``/``test`` splits as Parquet (``features``, ``label`` and the ``keep`` columns) plus the
-    fitted state as ``featurizer.json``.
+    fitted state as ``featurizer.json``. ``valid_path`` and ``out_dir`` may be s3:// (``storage`` reaches them).
     """
     import ray.data
 
+    from rayml.run_dir import dataset_path
     from rayml.validate import parquet_rows
 
-    out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)  # a rerun of an interrupted stage starts clean instead of appending
-    out.mkdir(parents=True)
+    out = out_dir if store.is_remote(out_dir) else Path(out_dir)
+    store.delete(out, storage)  # a rerun of an interrupted stage starts clean instead of appending
+    if isinstance(out, Path):
+        out.mkdir(parents=True)
     needed = sorted({config.label, split.key, *config.numeric, *config.categorical, *config.embed,
                      *config.media_columns(), *config.keep})
-    records = ray.data.read_parquet(valid_path, partitioning=None).select_columns(needed)
+    source, filesystem = dataset_path(valid_path, storage)
+    records = ray.data.read_parquet(source, filesystem=filesystem, partitioning=None).select_columns(needed)
     by_split = split_datasets(records, split)
     partials = by_split["train"].map_batches(
         _partial_stats_json, fn_kwargs={"config": config.model_dump()}, batch_format="pyarrow"
@@ -321,15 +325,16 @@ def run_stage(
     state = merge_stats((json.loads(p["stats"]) for p in partials), config)
     if state["rows"] == 0:
         raise DataValidationError("the train split is empty; add data or raise split.train")
-    (out / STATE_FILE).write_text(dumps(state))
+    store.write_text(store.join(out, STATE_FILE), dumps(state), storage)
     counts = {}
     for name, dataset in by_split.items():
+        target, filesystem = dataset_path(store.join(out, name), storage)
         dataset.map_batches(
             _featurize_batch, fn_kwargs={"state": state, "keep": config.keep}, batch_format="pyarrow"
-        ).write_parquet(str(out / name))
-        counts[name] = parquet_rows(out / name)
+        ).write_parquet(target, filesystem=filesystem)
+        counts[name] = parquet_rows(store.join(out, name), storage)
     return {
-        "state_path": str(out / STATE_FILE),
+        "state_path": str(store.join(out, STATE_FILE)),
         "input_dim": state["output_dim"],
         "label_counts": state.get("label_counts"),
         "task": state["task"],
@@ -337,7 +342,7 @@ def run_stage(
         "label_stats": state.get("label_stats"),
         "layout": state["layout"],
         "rows": counts,
-        "paths": {name: str(out / name) for name in SPLITS},
+        "paths": {name: str(store.join(out, name)) for name in SPLITS},
     }
 
 

@@ -104,7 +104,7 @@ def producer(bootstrap: str, **extra: Any) -> Any:
     """A confluent-kafka Producer batching and compressing as a high-throughput producer would."""
     from confluent_kafka import Producer
 
-    return Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1_000_000,
+    return Producer({"bootstrap.servers": bootstrap, "linger.ms": 200, "batch.size": 1_000_000,
                      "compression.type": "zstd", "queue.buffering.max.messages": 200_000, **extra})
 
 

@@ -120,46 +120,53 @@ def consumer_settings(config: KafkaSourceConfig, group: str = "rayml") -> dict[s
     }
 
 
-def source_file(topic: str, partition: int) -> str:
-    """The ``_source_file`` of a Kafka message: ``kafka://<topic>/<partition>``."""
-    return f"{_SCHEME}{topic}/{partition}"
-
-
-def decode(values: list[bytes | None], max_message_bytes: int) -> tuple[list[Any], list[str | None], list[str | None]]:
+def decode(values: list[bytes | None], max_message_bytes: int) -> tuple[list[Any], Texts, list[str | None]]:
     """Each message value decoded as a JSON object: (records, original texts, problems).
 
-    A message that cannot become a record gets a problem (the reason it is quarantined) and a None record;
-    its original text is kept for ``_raw`` (bytes that are not UTF-8 as ``\\x..`` escapes, an oversized
-    message cut to ``RAW_LIMIT`` bytes).
+    A message that cannot become a record gets a problem (the reason it is quarantined) and a None record.
+    Its original text, for ``_raw``, is made only when asked for (see ``Texts``).
     """
     records: list[Any] = []
-    originals: list[str | None] = []
     problems: list[str | None] = []
+    loads = json.loads
     for value in values:
         record, problem = None, None
         if value is None:
-            text, problem = "", "empty message (no value); a JSON object was expected"
+            problem = "empty message (no value); a JSON object was expected"
         elif len(value) > max_message_bytes:
-            text = value[:RAW_LIMIT].decode("utf-8", "backslashreplace")
             problem = (f"message of {len(value)} bytes is over source.kafka.max_message_bytes={max_message_bytes} "
                        f"(first {RAW_LIMIT} bytes kept in _raw)")
         else:
             try:
-                text = value.decode("utf-8")
+                record = loads(value.decode("utf-8"))  # JSON between systems is UTF-8 (RFC 8259)
             except UnicodeDecodeError as exc:
-                text, problem = value.decode("utf-8", "backslashreplace"), f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+                problem = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+            except (json.JSONDecodeError, RecursionError) as exc:
+                problem = f"not valid JSON ({exc})"
             else:
-                try:
-                    record = json.loads(text)
-                except (json.JSONDecodeError, RecursionError) as exc:
-                    problem = f"not valid JSON ({exc})"
-                else:
-                    if not isinstance(record, dict):
-                        problem, record = f"not a JSON object (got {type(record).__name__})", None
+                if record.__class__ is not dict:
+                    problem, record = f"not a JSON object (got {type(record).__name__})", None
         records.append(record)
-        originals.append(text)
         problems.append(problem)
-    return records, originals, problems
+    return records, Texts(values, max_message_bytes), problems
+
+
+class Texts:
+    """The messages' text by index, decoded on demand (only quarantined records need theirs): bytes that are
+    not UTF-8 as ``\\x..`` escapes, an oversized message's first ``RAW_LIMIT`` bytes, no value as ''."""
+
+    def __init__(self, values: list[bytes | None], max_message_bytes: int) -> None:
+        self._values = values
+        self._limit = max_message_bytes
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getitem__(self, i: int) -> str:
+        value = self._values[i]
+        if value is None:
+            return ""
+        return (value[:RAW_LIMIT] if len(value) > self._limit else value).decode("utf-8", "backslashreplace")
 
 
 def validate_messages(messages: pa.Table, columns: list[ColumnSpec], max_message_bytes: int) -> pa.Table:
@@ -178,30 +185,26 @@ def validate_messages(messages: pa.Table, columns: list[ColumnSpec], max_message
 def records_table(records: list[dict[str, Any] | None]) -> pa.Table:
     """Decoded JSON objects as a table for ``validate_batch`` to type (None: a message that did not decode).
 
-    A column whose values share one JSON type becomes that Arrow type in one C call; a column mixing types
-    (a bad record's ``"amount": "twelve"`` among numbers) becomes text, as JSON-lines files are read.
+    A column whose values share one JSON type becomes that Arrow type; a column mixing types (a bad record's
+    ``"amount": "twelve"`` among numbers) becomes text, as JSON-lines files are read.
     """
     n = len(records)
-    columns: dict[str, list[Any]] = {}
-    for i, record in enumerate(records):
-        if record is None:
-            continue
-        for key, value in record.items():
-            column = columns.get(key)
-            if column is None:
-                column = columns[key] = [None] * n
-            column[i] = value
-    if not columns:
+    rows = [record if record is not None else {} for record in records]
+    names: dict[str, None] = {}
+    for record in rows:
+        names.update(dict.fromkeys(record))
+    if not names:
         return pa.table({"_unparsed": pa.nulls(n, pa.string())})
     arrays = {}
-    for key, values in columns.items():
+    for name in names:
+        values = [record.get(name) for record in rows]
         try:
             array = pa.array(values)
             if not _flat(array.type):
                 raise TypeError("nested values")
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
-            array = pa.array([_as_text(v) for v in values], pa.string())
-        arrays[key] = array
+            array = pa.array(_texts(values), pa.string())
+        arrays[name] = array
     return pa.table(arrays)
 
 
@@ -210,14 +213,20 @@ def _flat(kind: pa.DataType) -> bool:
         pa.types.is_floating(kind) or pa.types.is_string(kind))
 
 
-def _as_text(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(value)
+def _texts(values: list[Any]) -> list[str | None]:
+    """JSON values as text that parses back: numbers in repr form, booleans as true/false, the rest as JSON."""
+    texts: list[str | None] = []
+    for value in values:
+        kind = value.__class__
+        if value is None or kind is str:
+            texts.append(value)
+        elif kind is float or kind is int:
+            texts.append(repr(value))
+        elif kind is bool:
+            texts.append("true" if value else "false")
+        else:
+            texts.append(json.dumps(value))
+    return texts
 
 
 def read_validated(topic: str, config: KafkaSourceConfig, columns: list[ColumnSpec]) -> ray.data.Dataset:

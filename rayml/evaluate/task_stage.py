@@ -17,6 +17,8 @@ import torch
 from rayml.evaluate.task_plots import plot_confusion_matrix, plot_regression
 from rayml.evaluate.tasks import MulticlassAccumulator, RegressionAccumulator
 from rayml.models import ModelConfig, Probability, load_trained
+from rayml.run_dir import filesystem, staged
+from rayml.storage import StorageConfig
 
 if TYPE_CHECKING:
     import ray.data
@@ -28,9 +30,10 @@ class _Accumulate:
     """Ray Data UDF: the model's outputs for each batch, folded into the task's accumulator (as JSON)."""
 
     def __init__(self, checkpoint_dir: str, model: dict[str, Any], input_dim: int, outputs: int,
-                 layout: list[dict[str, Any]], task: str, classes: list[str] | None, baseline: float) -> None:
+                 layout: list[dict[str, Any]], task: str, classes: list[str] | None, baseline: float,
+                 filesystem: Any = None) -> None:
         torch.set_num_threads(1)
-        trained = load_trained(checkpoint_dir, ModelConfig(**model), input_dim, outputs, layout)
+        trained = load_trained(checkpoint_dir, ModelConfig(**model), input_dim, outputs, layout, filesystem)
         self.model = Probability(trained, task).eval()
         self.task, self.classes, self.baseline = task, classes, baseline
 
@@ -76,22 +79,23 @@ def run_stage(
     baseline: float,
     batch_rows: int,
     out_dir: str | Path,
+    storage: StorageConfig | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``test`` (and ``val``'s headline metric); write report.json and the task's plot."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Evaluate ``test`` (and ``val``'s headline metric); write report.json and the task's plot into ``out_dir``
+    (local or s3://, as the checkpoint may be; ``storage`` reaches them)."""
     common = {"task": task, "classes": classes, "baseline": baseline, "batch_rows": batch_rows,
               "checkpoint_dir": checkpoint_dir, "model": model.model_dump(), "input_dim": input_dim,
-              "outputs": outputs, "layout": layout}
+              "outputs": outputs, "layout": layout, "filesystem": filesystem(checkpoint_dir, storage)}
     test_acc = accumulate(test, **common)
     val_report = accumulate(val, **common).report()
     report = test_acc.report()
     headline = HEADLINE[task]
     report["validation"] = {"n": val_report["rows"], headline: val_report[headline]}
-    if task == "multiclass":
-        plots = [plot_confusion_matrix(report["confusion_matrix"], classes or [], out / "confusion.png")]
-    else:
-        targets, predictions = test_acc.sample()
-        plots = [plot_regression(targets, predictions, out / "regression.png", total_rows=test_acc.n)]
-    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=False))
+    with staged(out_dir, storage) as out:
+        if task == "multiclass":
+            plots = [plot_confusion_matrix(report["confusion_matrix"], classes or [], out / "confusion.png")]
+        else:
+            targets, predictions = test_acc.sample()
+            plots = [plot_regression(targets, predictions, out / "regression.png", total_rows=test_acc.n)]
+        (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=False))
     return {"report": report, "plots": [p.name for p in plots]}

@@ -28,6 +28,7 @@ from rayml.errors import ConfigError, DataValidationError
 from rayml.ingest.plan import IngestState, OffsetRange, Output, load_state, plan_batch, save_state
 
 if TYPE_CHECKING:
+    from rayml.kafka_source import KafkaSourceConfig
     from rayml.pipeline import JobConfig
 
 log = logging.getLogger("rayml.ingest")
@@ -84,11 +85,10 @@ def run(job: JobConfig, *, until_caught_up: bool = False, stop: threading.Event 
     from rayml import recorders, runtime
     from rayml.kafka_source import consumer_settings
 
+    config, kafka, topic = job.ingest, job.source.kafka, job.source.path
     problems = cross_check(job)
-    if problems:
+    if problems or config is None or kafka is None:
         raise ConfigError(problems, "rayml ingest")
-    assert job.ingest is not None and job.source.kafka is not None  # checked above
-    config, topic = job.ingest, job.source.path
     stop = stop or threading.Event()
     output = Output(config.output)
     state = load_state(output) or IngestState(topic, config.timestamp_column)
@@ -98,10 +98,14 @@ def run(job: JobConfig, *, until_caught_up: bool = False, stop: threading.Event 
             f"not {topic!r} by {config.timestamp_column!r}: point ingest.output at a new location",
             "rayml ingest",
         )
+    if kafka.end != "latest":
+        log.info("source.kafka.end bounds `rayml run`'s read of the topic; `rayml ingest` reads on past it")
     output.clear_tmp()
-    log.info("%s", runtime.connect(job.runtime))
-    settings = consumer_settings(job.source.kafka, group=f"rayml-ingest-{job.name}")
-    batches = _Batches(job, output, settings, recorders.IngestRecorder(topic))
+    connected = runtime.connect(job.runtime)
+    if connected != "already connected":
+        log.info("%s", connected)
+    settings = consumer_settings(kafka, group=f"rayml-ingest-{job.name}")
+    batches = _Batches(job, config, kafka, output, settings, recorders.IngestRecorder(topic))
     broker = Consumer(settings)
     started, before = time.perf_counter(), dict(state.totals)
     try:
@@ -111,7 +115,7 @@ def run(job: JobConfig, *, until_caught_up: bool = False, stop: threading.Event 
             state = batches.run(state, list(state.pending))
         targets = _watermarks(broker, topic, required=True)[1] if until_caught_up else None
         while not stop.is_set():
-            state, waiting = _next_batch(job, broker, batches, state, targets)
+            state, waiting = _next_batch(config, kafka, topic, broker, batches, state, targets)
             if not waiting:
                 if targets is not None:
                     break
@@ -129,42 +133,38 @@ def run(job: JobConfig, *, until_caught_up: bool = False, stop: threading.Event 
             "committed": dict(state.committed), "output": config.output}
 
 
-def _next_batch(job: JobConfig, broker: Any, batches: _Batches, state: IngestState,
-                targets: dict[int, int] | None) -> tuple[IngestState, bool]:
+def _next_batch(config: IngestConfig, kafka: KafkaSourceConfig, topic: str, broker: Any, batches: _Batches,
+                state: IngestState, targets: dict[int, int] | None) -> tuple[IngestState, bool]:
     """Plan and run one micro-batch; returns the new state and whether any message was waiting."""
-    assert job.ingest is not None and job.source.kafka is not None
-    topic = job.source.path
     lows, highs = _watermarks(broker, topic, required=targets is not None)
     positions = {}
     for p in sorted(highs):
         position = state.committed.get(p)
         if position is None:
-            position = _initial_position(broker, topic, p, job.source.kafka.start, lows[p], highs[p])
+            position = _initial_position(broker, topic, p, kafka.start, lows[p], highs[p])
         if position < lows[p]:
             log.warning("%s partition %d: offsets %d..%d were deleted by retention before they were ingested",
                         topic, p, position, lows[p] - 1)
             position = lows[p]
         positions[p] = position
     ends = highs if targets is None else {p: min(high, targets.get(p, 0)) for p, high in highs.items()}
-    ranges = plan_batch(positions, ends, job.ingest.max_batch_messages, job.ingest.task_messages)
+    ranges = plan_batch(positions, ends, config.max_batch_messages, config.task_messages)
     if not ranges:
         batches.recorder.lag({p: max(0, highs[p] - positions[p]) for p in highs})
         return state, False
-    state = batches.run(state, ranges)
-    batches.recorder.lag({p: max(0, highs[p] - state.committed.get(p, positions[p])) for p in highs})
-    return state, True
+    return batches.run(state, ranges, {p: (positions[p], high) for p, high in highs.items()}), True
 
 
 class _Batches:
     """Runs micro-batches: save the plan, one Ray task per range, commit."""
 
-    def __init__(self, job: JobConfig, output: Output, settings: dict[str, Any], recorder: Any) -> None:
+    def __init__(self, job: JobConfig, config: IngestConfig, kafka: KafkaSourceConfig, output: Output,
+                 settings: dict[str, Any], recorder: Any) -> None:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from rayml.ingest.task import ingest_range
 
-        assert job.ingest is not None and job.source.kafka is not None
         self.output, self.recorder, self.topic = output, recorder, job.source.path
         options: dict[str, Any] = {"num_cpus": 1, "max_retries": 3}
         if output.local:  # a local output is on this machine's disk: write it from here
@@ -173,12 +173,15 @@ class _Batches:
         self._task = ray.remote(ingest_range).options(**options)
         self._args = (settings, self.topic)
         self._kwargs = {
-            "columns": job.validation.columns, "max_message_bytes": job.source.kafka.max_message_bytes,
+            "columns": job.validation.columns, "max_message_bytes": kafka.max_message_bytes,
             "output_uri": output.root if output.local else output.uri,
-            "timestamp_column": job.ingest.timestamp_column, "timeout_s": job.ingest.read_timeout_s,
+            "timestamp_column": config.timestamp_column, "timeout_s": config.read_timeout_s,
         }
 
-    def run(self, state: IngestState, ranges: list[OffsetRange]) -> IngestState:
+    def run(self, state: IngestState, ranges: list[OffsetRange],
+            watermarks: dict[int, tuple[int, int]] | None = None) -> IngestState:
+        """Run ``ranges`` as one micro-batch; ``watermarks`` (partition: (position, high watermark) when planned)
+        give the lag to report."""
         import ray
 
         started = time.perf_counter()
@@ -192,10 +195,15 @@ class _Batches:
         save_state(self.output, state)
         seconds = time.perf_counter() - started
         self.recorder.batch(valid, bad, seconds, time.time())
+        lag = ""
+        if watermarks is not None:
+            behind = {p: max(0, high - state.committed.get(p, at)) for p, (at, high) in watermarks.items()}
+            self.recorder.lag(behind)
+            lag = f"; lag {sum(behind.values()):,} messages"
         skipped = sum(r["skipped"] for r in results)
-        log.info("micro-batch %d: %s messages (%s valid, %s quarantined) in %.2f s (%s msg/s), %d files%s",
+        log.info("micro-batch %d: %s messages (%s valid, %s quarantined) in %.2f s (%s msg/s), %d files%s%s",
                  state.batch, f"{valid + bad:,}", f"{valid:,}", f"{bad:,}", seconds,
-                 f"{(valid + bad) / seconds:,.0f}", sum(r["files"] for r in results),
+                 f"{(valid + bad) / seconds:,.0f}", sum(r["files"] for r in results), lag,
                  f"; {skipped} offsets held no message (retention, compaction or transaction markers)"
                  if skipped else "")
         return state
@@ -269,7 +277,7 @@ def main(args: Any) -> int:
     problems = cross_check(job)
     if problems:
         raise ConfigError(problems, args.job)
-    runtime.connect(job.runtime)  # before the handlers: ray.init installs its own SIGTERM handler
+    log.info("%s", runtime.connect(job.runtime))  # before the handlers: ray.init installs its own SIGTERM one
     stop = threading.Event()
     with stop_on_signals(stop):
         summary = run(job, until_caught_up=args.until_caught_up, stop=stop)

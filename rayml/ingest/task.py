@@ -42,7 +42,9 @@ def read_range(settings: dict[str, Any], topic: str, offsets: OffsetRange, timeo
         deadline = time.monotonic() + timeout_s
         done = offsets.size <= 0
         while not done:
-            messages = consumer.consume(min(_CONSUME_MAX, offsets.end - offsets.start), timeout=1.0)
+            # Ask for no more than the range still holds: consume() waits for the full count or the timeout.
+            wanted = offsets.end - (found[-1] + 1 if found else offsets.start)
+            messages = consumer.consume(min(_CONSUME_MAX, wanted), timeout=0.2)
             for message in messages:
                 error = message.error()
                 if error is not None:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
 from rayml import artifacts
+from rayml import storage as store
 from rayml.artifacts import NAME_PATTERN
 from rayml.config import StrictModel, apply_overrides, load_yaml, parse
 from rayml.errors import ConfigError
@@ -91,7 +91,10 @@ class AutoscalingConfig(StrictModel):
 class ServeConfig(StrictModel):
     """A rayml Serve application: the ``args`` of ``build_app`` (a serve_configs/ application)."""
 
-    registry: str = Field("registry", min_length=1, description="registry root directory")
+    registry: str = Field(
+        "registry", min_length=1, description="registry root directory, or s3://bucket/prefix (reached with the "
+        "AWS variables in the replicas' environment)"
+    )
     models: list[ModelEntry] = Field(min_length=1, description="models (and versions) this application serves")
     max_batch_size: int = Field(256, ge=1, le=65_536, description="max rows per ONNX Runtime call")
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=10.0, description="max wait for a batch to fill")
@@ -162,7 +165,7 @@ def resolve_routes(config: ServeConfig) -> dict[str, ModelRoutes]:
     routes = {}
     problems = []
     for entry in config.models:
-        registered = [str(v) for v in artifacts.versions(Path(config.registry) / entry.name)]
+        registered = [str(v) for v in artifacts.versions(store.join(config.registry, entry.name))]
         if not registered:
             problems.append(f"models: {entry.name!r} has no registered version under {config.registry}")
             continue
@@ -200,7 +203,7 @@ def build_app(args: dict[str, Any]) -> Any:
     routes = resolve_routes(config)
     for name, model in routes.items():
         for version in model.versions:
-            artifacts.verify(Path(config.registry) / name / version)  # fail at deploy time, not in a replica
+            artifacts.verify(store.join(config.registry, name, version))  # fail at deploy, not in a replica
     from rayml.serve.deployment import ModelServer
 
     options: dict[str, Any] = {
@@ -219,12 +222,22 @@ def build_app(args: dict[str, Any]) -> Any:
 
 
 def args_for_model_dir(model_dir: str) -> dict[str, Any]:
-    """Serve args for ``rayml serve <registry>/<model>[/<version>]``."""
-    path = Path(model_dir).resolve()
-    if (path / artifacts.MANIFEST).is_file():  # a version directory
-        return {"registry": str(path.parent.parent), "models": [{"name": path.parent.name, "versions": [path.name]}]}
-    if artifacts.versions(path):
-        return {"registry": str(path.parent), "models": [{"name": path.name}]}
+    """Serve args for ``rayml serve <registry>/<model>[/<version>]`` (a local path or an s3:// URI)."""
+    if store.is_remote(model_dir):
+        uri = model_dir.rstrip("/")
+        registry, _, name = uri.rpartition("/")
+        if store.file_type(store.join(uri, artifacts.MANIFEST)) == "file":  # a version directory
+            root, _, model = registry.rpartition("/")
+            return {"registry": root, "models": [{"name": model, "versions": [name]}]}
+        if artifacts.versions(uri):
+            return {"registry": registry, "models": [{"name": name}]}
+    else:
+        path = Path(model_dir).resolve()
+        if (path / artifacts.MANIFEST).is_file():  # a version directory
+            return {"registry": str(path.parent.parent),
+                    "models": [{"name": path.parent.name, "versions": [path.name]}]}
+        if artifacts.versions(path):
+            return {"registry": str(path.parent), "models": [{"name": path.name}]}
     raise ConfigError(
         f"{model_dir!r} is neither a registered model (<registry>/<model>) nor one of its versions; run the "
         "pipeline first or pass a serve config file", "rayml serve",

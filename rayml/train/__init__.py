@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
+from rayml import storage as store
 from rayml.config import StrictModel
 from rayml.errors import ConfigError
 from rayml.models import ModelConfig
+from rayml.storage import StorageConfig
 from rayml.train.checkpoint import read_progress
 from rayml.train.steps import MODES, CheckpointMetric, Precision, Schedule, improves
 
@@ -57,12 +59,12 @@ class TrainConfig(StrictModel):
     )
     class_weight: Literal["auto", "sqrt", "none"] | float = Field(
         "auto",
-        description="positive-class loss weight: auto = negatives/positives of the train split, sqrt = its "
-        "square root (tempered: keeps ranking quality on rare positives), none = 1, or a number",
+        description="binary jobs' positive-class loss weight: auto = negatives/positives of the train split, sqrt = "
+        "its square root (tempered: keeps ranking quality on rare positives), none = 1, or a number",
     )
     checkpoint_metric: CheckpointMetric = Field(
-        "val_loss", description="validation metric that ranks checkpoints (val_loss: lower is better; val_roc_auc, "
-        "val_pr_auc: higher). Evaluate, export and register use the BEST checkpoint by it, not the last: the "
+        "val_loss", description="validation metric that ranks checkpoints (val_loss, val_rmse: lower is better; "
+        "val_roc_auc, val_pr_auc (binary), val_accuracy (multiclass): higher). Evaluate, export and register use the BEST checkpoint by it, not the last: the "
         "validation split picks the model and the test split stays unseen. Early stopping watches it too"
     )
     keep_checkpoints: int = Field(
@@ -107,11 +109,12 @@ class TrainConfig(StrictModel):
 CACHE_AUTO_BYTES = 1 << 30
 
 
-def cache_in_memory(policy: str, path: str | Path) -> bool:
-    """Whether to materialize a featurized split: re-reading small files every epoch costs more than they do."""
+def cache_in_memory(policy: str, path: str | Path, storage: StorageConfig | None = None) -> bool:
+    """Whether to materialize a featurized split (local or s3://): re-reading small files every epoch costs more
+    than they do."""
     if policy != "auto":
         return policy == "always"
-    size = sum(f.stat().st_size for f in Path(path).rglob("*.parquet"))
+    size = sum(entry.size or 0 for entry in store.list_files(path, (".parquet",), storage))
     return size <= CACHE_AUTO_BYTES
 
 
@@ -201,8 +204,12 @@ def fit(
     outputs: int = 1,
     layout: list[dict[str, Any]] | None = None,
     tracking: dict[str, Any] | None = None,
+    storage: StorageConfig | None = None,
 ) -> dict[str, Any]:
     """Train with Ray Train DDP; resumes if ``storage_dir`` holds checkpoints of an earlier attempt.
+
+    ``storage_dir`` is a local directory or an s3:// URI (reached with ``storage``; Ray Train's workers get the
+    resolved filesystem); checkpoint paths come back in the same form.
 
     ``train_rows`` (rows of the train split) sizes the LR schedule; ``run_name`` tags the ``rayml_train_*``
     metrics; ``task``, ``outputs`` (logits per row) and ``layout`` (the featurizer state's) shape the model and
@@ -218,8 +225,12 @@ def fit(
 
     gpu = use_gpu(config.device, config.num_workers, ray.cluster_resources().get("GPU", 0.0))
     check_precision(config.precision, gpu)
-    storage = Path(storage_dir).resolve()
-    storage.mkdir(parents=True, exist_ok=True)
+    if store.is_remote(storage_dir):
+        filesystem, storage_path = store.resolve(storage_dir, storage)  # Ray wants bucket/key, not s3://
+    else:
+        local = Path(storage_dir).resolve()
+        local.mkdir(parents=True, exist_ok=True)
+        filesystem, storage_path = None, str(local)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config(config, input_dim=input_dim, positive_weight=positive_weight,
@@ -234,7 +245,8 @@ def fit(
         ),
         run_config=ray.train.RunConfig(
             name=RAY_RUN_NAME,
-            storage_path=str(storage),
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=config.keep_checkpoints,
@@ -248,19 +260,29 @@ def fit(
         result = trainer.fit()
     except SystemExit as exc:
         # Ray Train's Ctrl-C handler aborts the run, then exits the driver with status 0: report an interruption.
-        log.warning("train: stopped; continue it with `rayml train --resume %s`", storage.parent)
+        run_dir = str(storage_dir).rstrip("/").rpartition("/")[0] if filesystem else Path(storage_path).parent
+        log.warning("train: stopped; continue it with `rayml train --resume %s`", run_dir)
         raise KeyboardInterrupt("training stopped") from exc
     if result.checkpoint is None:
-        raise RuntimeError(f"training finished without a checkpoint under {storage}")
-    progress = read_progress(Path(result.checkpoint.path))
-    candidates = [(c.path, m) for c, m in (result.best_checkpoints or [])] or [(result.checkpoint.path, {})]
+        raise RuntimeError(f"training finished without a checkpoint under {storage_dir}")
+    with result.checkpoint.as_directory() as directory:  # the checkpoint itself when local, else a download
+        progress = read_progress(Path(directory))
+    remote = filesystem is not None
+    candidates = [(_given(c.path, remote), m) for c, m in (result.best_checkpoints or [])]
+    candidates = candidates or [(_given(result.checkpoint.path, remote), {})]
     chosen, choice = choose_checkpoint(candidates, progress.history, config.checkpoint_metric)
     log.info("train: using %s (%s)", chosen, choice["reason"])
     return {
-        "checkpoint": chosen, "checkpoint_choice": choice, "last_checkpoint": result.checkpoint.path,
+        "checkpoint": chosen, "checkpoint_choice": choice, "last_checkpoint": _given(result.checkpoint.path, remote),
         "history": progress.history, "attempts": progress.attempts, "global_step": progress.global_step,
         "stopped_early": progress.stopped_early, "use_gpu": gpu, "worker_nodes": progress.worker_nodes,
     }
+
+
+def _given(path: str, remote: bool) -> str:
+    """A checkpoint path as Ray reports it (within the storage filesystem: bucket/key on S3) as rayml hands
+    paths on: an s3:// URI for remote storage."""
+    return f"{store.S3}{path}" if remote else path
 
 
 def choose_checkpoint(

@@ -113,6 +113,9 @@ def train_epoch(
         with autocast(device, precision):
             logits = model(features)
         loss = loss_fn(logits.float(), labels)  # the loss in fp32 whatever the forward pass ran in
+        penalty = getattr(getattr(model, "module", model), "penalty", None)  # e.g. the fm's L2 term
+        if penalty is not None:
+            loss = loss + penalty.float()
         if scaler is None:
             loss.backward()
             if grad_clip is not None:

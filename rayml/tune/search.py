@@ -62,11 +62,14 @@ def run(job: pipeline.JobConfig) -> dict[str, Any]:
         if tune_dir.exists():
             shutil.rmtree(tune_dir)  # an interrupted or different search: its trials mean nothing now
         done = _search_stage(job, featurized, samples, metric, tune_dir, fingerprint)
-    best_job = parse(pipeline.JobConfig, done["best_job_config"], source=str(tune_dir / BEST_JOB))
+    # The best job is rebuilt from this job (not the saved search): its other sections may have changed since.
+    best_data = best_job_data(job, done["best"]["params"], metric)
+    best_path = write_best_job(best_data, tune_dir / BEST_JOB, done["best"], metric, len(done["rows"]))
+    best_job = parse(pipeline.JobConfig, best_data, source=str(best_path))
     registered = pipeline.finish(best_job, run_dir, validated, featurized, done["trained"])
     log.info("tune: registered the best trial (%s) at %s", done["best"]["trial_id"], registered["version_dir"])
     return {"rows": done["rows"], "best": done["best"], "metric": metric, "registered": registered,
-            "results_csv": done["results_csv"], "results_json": done["results_json"], "best_job": done["best_job"]}
+            "results_csv": done["results_csv"], "results_json": done["results_json"], "best_job": str(best_path)}
 
 
 def _search_stage(job: pipeline.JobConfig, featurized: dict[str, Any], samples: list[dict[str, Any]], metric: str,
@@ -86,17 +89,15 @@ def _search_stage(job: pipeline.JobConfig, featurized: dict[str, Any], samples: 
         )
     paths = results.write(table, tune_dir, metric=metric, mode=mode, max_epochs=job.train.epochs)
     record = next(r for r in records if r.trial_id == top["trial_id"])
-    best_data = best_job_data(job, top["params"], metric)
-    best_path = write_best_job(best_data, tune_dir / BEST_JOB, top, metric, len(table))
-    trained = _trained(job, featurized, record, metric, best_data["train"])
+    trained = _trained(featurized, record, metric, space.trial_train(job.train.model_dump(mode="json"),
+                                                                     top["params"], job.tune, metric))
     trained["checkpoint_choice"]["tune"] = {
         "trial_id": top["trial_id"], "params": top["params"], "metric": metric, "mode": mode, "value": top["value"],
         "trials": len(table), "stopped_by_asha": sum(row["stopped_by_asha"] for row in table),
         "results": str(paths["csv"]),
     }
     manifest = {"fingerprint": fingerprint, "metric": metric, "mode": mode, "rows": table, "best": top,
-                "trained": trained, "best_job_config": best_data, "best_job": str(best_path),
-                "results_csv": str(paths["csv"]), "results_json": str(paths["json"])}
+                "trained": trained, "results_csv": str(paths["csv"]), "results_json": str(paths["json"])}
     artifacts.write_manifest(tune_dir, "tune", manifest)
     return artifacts.read_manifest(tune_dir) or manifest
 
@@ -141,6 +142,10 @@ def _search(job: pipeline.JobConfig, featurized: dict[str, Any], samples: list[d
         run_config=ray.tune.RunConfig(name=TRIALS, storage_path=str(tune_dir.resolve()), verbose=1),
     )
     grid = tuner.fit()
+    if grid.num_terminated + grid.num_errors < len(samples):
+        # Tune returns (rather than raises) when Ctrl-C stops it: unfinished trials must not be ranked.
+        raise KeyboardInterrupt(f"tune: stopped with {len(samples) - grid.num_terminated - grid.num_errors} "
+                                f"trial(s) unfinished; run it again to start the search over")
     return [_record(result, samples) for result in grid]
 
 
@@ -226,7 +231,7 @@ def _complete(path: Any) -> bool:
     return isinstance(path, str) and (Path(path) / WEIGHTS_FILE).is_file() and (Path(path) / STATE_FILE).is_file()
 
 
-def _trained(job: pipeline.JobConfig, featurized: dict[str, Any], record: results.TrialRecord, metric: str,
+def _trained(featurized: dict[str, Any], record: results.TrialRecord, metric: str,
              train_data: dict[str, Any]) -> dict[str, Any]:
     """What ``pipeline.finish`` needs of a training stage, for the best trial: its best checkpoint (by
     ``metric``), its history (from its latest checkpoint) and a fingerprint."""

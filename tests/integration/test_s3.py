@@ -1,10 +1,11 @@
 """s3:// end to end against a real moto_server: the validate stage from an s3:// source to s3:// valid and
-quarantine output on Ray Data, and a model version registered to, verified in and served from an s3://
-registry."""
+quarantine output on Ray Data, a model version registered to, verified in and served from an s3:// registry,
+and the whole pipeline with its run directory (every stage, Ray Train checkpoints) on s3://."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -103,3 +104,60 @@ def test_register_verify_and_load_a_model_version_from_an_s3_registry(s3, tmp_pa
 
     with pytest.raises(RegistryError, match="model.onnx fails its checksum"):
         artifacts.verify(version_dir)
+
+
+STAGES = ("validate", "featurize", "train", "evaluate", "export", "register")
+
+
+def test_whole_pipeline_on_s3_resumes_and_serves_from_s3(ray_cluster, s3, tmp_path, monkeypatch, capsys):
+    """Source, run directory (every stage, Ray Train checkpoints) and registry all on s3://; nothing lands in a
+    local `s3:` directory; `rayml train --resume s3://.../run` reuses every stage; the version loads and the
+    serve verb resolves it."""
+    from rayml import cli, pipeline, serve
+    from rayml.predictor import Predictor
+
+    summary = generate_fraud(4000, tmp_path / "data", seed=3, bad_fraction=0.01)
+    base = s3.uri("pipeline", tmp_path.name)
+    storage.upload(tmp_path / "data", f"{base}/src")
+    job = load_job(JOB, [
+        f"source.path={base}/src", f"run.root={base}/runs", "run.name=s3run", f"registry.root={base}/registry",
+        "tracking.enabled=false", "train.epochs=1", "export.parity_rows=256",
+    ])
+    run_dir = f"{base}/runs/s3run"
+
+    registered = pipeline.run(job)
+
+    assert registered["version_dir"] == f"{base}/registry/{job.registry.model_name}/1"
+    assert storage.file_type(f"{run_dir}/job.json") == "file"
+    manifests = {stage: artifacts.read_manifest(f"{run_dir}/{stage}") for stage in STAGES}
+    assert all(manifests[stage] is not None and manifests[stage]["stage"] == stage for stage in STAGES)
+    validated, trained = manifests["validate"], manifests["train"]
+    assert validated["read_rows"] == summary["rows"] and validated["quarantined_rows"] == summary["bad_rows"]
+    assert trained["checkpoint"].startswith(f"{run_dir}/train/ray_train/checkpoint_")
+    assert storage.file_type(f"{trained['checkpoint']}/model.pt") == "file"
+    assert storage.file_type(f"{run_dir}/train/lineage.json") == "file"
+    assert {"report.json", "roc.png", "pr.png"} <= set(storage.list_children(f"{run_dir}/evaluate"))
+    assert manifests["export"]["onnx_path"] == f"{run_dir}/export/model.onnx"
+    assert storage.file_type(manifests["export"]["onnx_path"]) == "file"
+    assert not (Path.cwd() / "s3:").exists()  # no URI collapsed into a local path
+
+    assert pipeline.load_run(run_dir).run.model_dump() == {"root": f"{base}/runs", "name": "s3run"}
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", run_dir]) == 0
+    assert f"model registered at {registered['version_dir']}" in capsys.readouterr().out
+    assert {stage: artifacts.read_manifest(f"{run_dir}/{stage}") for stage in STAGES} == manifests  # all reused
+    assert artifacts.versions(f"{base}/registry/{job.registry.model_name}") == [1]
+
+    monkeypatch.setenv("RAYML_CACHE_DIR", str(tmp_path / "cache"))
+    predictor = Predictor(registered["version_dir"])
+    assert predictor.version == "1"
+    inputs = [column.name for column in predictor.columns]
+    records = _read_parquet(validated["valid_path"]).select(inputs).slice(0, 5).to_pylist()
+    probabilities = predictor.predict_table(predictor.records_table(records))
+    assert probabilities.shape == (5,) and np.all((probabilities >= 0) & (probabilities <= 1))
+    args = serve.args_for_model_dir(registered["version_dir"])
+    assert args == {"registry": f"{base}/registry",
+                    "models": [{"name": job.registry.model_name, "versions": ["1"]}]}
+    model_dir = f"{base}/registry/{job.registry.model_name}"
+    routes = serve.resolve_routes(serve.ServeConfig(**serve.args_for_model_dir(model_dir)))
+    assert routes[job.registry.model_name].versions == ("1",)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import pytest
+import ray
 
 from rayml import pipeline
 from rayml.tune import search, space
@@ -41,7 +43,9 @@ def tuned(ray_cluster, fraud_data, tmp_path_factory) -> dict:
         f"tune.space={SPACE}", "tune.num_samples=4", "tune.metric=val_loss", "tune.grace_period=1",
         "tune.reduction_factor=2", "tune.max_concurrent_trials=2", f"tune.seed={ordered_seed()}",
     ))
-    return {"outcome": search.run(job), "run_dir": root / "tune"}
+    before = set(ray.util.placement_group_table())
+    outcome = search.run(job)
+    return {"outcome": outcome, "run_dir": root / "tune", "job": job, "placement_groups": before}
 
 
 def test_asha_stops_the_weak_trials_and_the_table_has_every_trial(tuned):
@@ -86,3 +90,21 @@ def test_the_best_trial_is_registered_with_its_params(tuned):
     assert manifest["model"]["config"]["dropout"] == outcome["best"]["params"]["train.model.dropout"]
     assert manifest["metrics"]["roc_auc"] > 0.8
     assert (version_dir / "model.onnx").is_file()
+
+
+def test_stopped_trials_release_their_workers(tuned):
+    """A trial ASHA stops ends its actor; its Train controller, workers and placement group go with it."""
+    deadline = time.monotonic() + 30
+    while True:
+        table = ray.util.placement_group_table()
+        left = [pg for pg_id, pg in table.items() if pg_id not in tuned["placement_groups"] and pg["state"] != "REMOVED"]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not left, left
+
+
+def test_rerunning_the_run_reuses_the_search_and_its_registration(tuned):
+    again = search.run(tuned["job"])
+    assert again["registered"]["version_dir"] == tuned["outcome"]["registered"]["version_dir"]
+    assert [row["trial_id"] for row in again["rows"]] == [row["trial_id"] for row in tuned["outcome"]["rows"]]

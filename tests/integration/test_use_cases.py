@@ -28,10 +28,10 @@ def run_job(job: str, dataset: str, tmp_path: Path, limit: int | None, *override
 
 
 def test_mnist_cnn_classifies_digits_and_serves_png_images(ray_cluster, tmp_path):
-    result = run_job("mnist_cnn", "mnist", tmp_path, 2000, "train.epochs=FLOOR_MNIST_EPOCHS")
+    result = run_job("mnist_cnn", "mnist", tmp_path, 2000, "train.epochs=6")
     report = result["report"]
     assert report["task"] == "multiclass" and report["classes"] == [str(d) for d in range(10)]
-    assert report["accuracy"] >= FLOOR_MNIST, report
+    assert report["accuracy"] >= 0.85, report
     predictor = Predictor(result["registered"]["version_dir"])
     assert predictor.fused is False  # images are featurized in Python inside the replica
     digits = sorted((result["data"] / "7").glob("*.png"))[:3] + sorted((result["data"] / "0").glob("*.png"))[:3]
@@ -42,8 +42,8 @@ def test_mnist_cnn_classifies_digits_and_serves_png_images(ray_cluster, tmp_path
 
 
 def test_text_sentiment_on_minilm_embeddings(ray_cluster, tmp_path):
-    result = run_job("text_sentiment", "rotten_tomatoes", tmp_path, 1500, "train.epochs=FLOOR_TEXT_EPOCHS")
-    assert result["report"]["roc_auc"] >= FLOOR_TEXT, result["report"]
+    result = run_job("text_sentiment", "rotten_tomatoes", tmp_path, 1500, "train.epochs=8")
+    assert result["report"]["roc_auc"] >= 0.70, result["report"]
     predictor = Predictor(result["registered"]["version_dir"])
     rows = [{"id": 1, "text": "a gorgeous, moving and funny film; the best of the year", "movie": "x"},
             {"id": 2, "text": "a tedious, clumsy mess with nothing to say", "movie": "y"}]
@@ -52,10 +52,10 @@ def test_text_sentiment_on_minilm_embeddings(ray_cluster, tmp_path):
 
 
 def test_movielens_matrix_factorization_beats_the_mean_rating(ray_cluster, tmp_path):
-    result = run_job("movielens_mf", "movielens", tmp_path, None, "train.epochs=FLOOR_ML_EPOCHS")
+    result = run_job("movielens_mf", "movielens", tmp_path, None, "train.epochs=6")
     report = result["report"]
-    assert report["rmse"] <= FLOOR_ML_RMSE, report
-    assert report["rmse_vs_baseline"] <= FLOOR_ML_RATIO, report
+    assert report["rmse"] <= 1.0, report
+    assert report["rmse_vs_baseline"] <= 0.9, report
     predictor = Predictor(result["registered"]["version_dir"])
     assert predictor.fused  # the id lookups are fused into the ONNX graph
     known, unknown = predictor.answers(predictor.predict_table(predictor.records_table([
@@ -67,11 +67,11 @@ def test_movielens_matrix_factorization_beats_the_mean_rating(ray_cluster, tmp_p
 
 
 def test_shuttle_anomalies_are_found(ray_cluster, tmp_path):
-    result = run_job("shuttle_anomaly", "shuttle", tmp_path, 12000, "train.epochs=FLOOR_SHUTTLE_EPOCHS")
-    assert result["report"]["roc_auc"] >= FLOOR_SHUTTLE, result["report"]
-    assert result["report"]["pr_auc"] >= FLOOR_SHUTTLE_PR, result["report"]
+    result = run_job("shuttle_anomaly", "shuttle", tmp_path, 12000, "train.epochs=3")
+    assert result["report"]["roc_auc"] >= 0.98, result["report"]
+    assert result["report"]["pr_auc"] >= 0.9, result["report"]
 
 
 def test_german_credit_risk(ray_cluster, tmp_path):
     result = run_job("german_credit", "german_credit", tmp_path, None)
-    assert result["report"]["roc_auc"] >= FLOOR_GERMAN, result["report"]
+    assert result["report"]["roc_auc"] >= 0.65, result["report"]

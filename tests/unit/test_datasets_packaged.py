@@ -232,6 +232,14 @@ def test_cli_writes_and_lists(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert exit_info.value.code == 2
 
 
+def test_cli_help_describes_every_data_set(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["datasets", "--help"], ["datasets", "shuttle", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0
+    assert "7.2% anomalies" in capsys.readouterr().out
+
+
 def test_snake_case_names() -> None:
     assert [snake_case(n) for n in ("CCAvg", "ZIP Code", "RADIO/TV", "MALE_MAR_or_WID", "CreditCard",
                                     "mean concave points", "CO-APPLICANT")] == [

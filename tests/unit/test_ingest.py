@@ -241,3 +241,32 @@ def test_cli_reports_ingest_and_generate_mistakes_without_a_traceback(capsys):
     assert main(["generate", "fraud", "--rows", "10", "--kafka", "127.0.0.1:9"]) == 2
     err = capsys.readouterr().err
     assert "--kafka BOOTSTRAP and --topic T go together" in err and "Traceback" not in err
+
+
+def test_records_table_keeps_every_key_and_types_each_column_on_its_own():
+    from rayml.kafka_source import records_table
+
+    table = records_table([None, {"a": 1}, {"a": 2.5, "b": "x"}, {"a": "twelve", "c": [1]}])
+    assert table.column_names == ["a", "b", "c"]  # a key missing from the first record is still read
+    assert table.column("a").to_pylist() == [None, "1", "2.5", "twelve"]  # mixed types: text, as JSON lines
+    assert table.column("b").to_pylist() == [None, None, "x", None]
+    assert table.column("c").to_pylist() == [None, None, None, "[1]"]
+    typed = records_table([{"a": 1, "b": True}, {"a": 2.5, "b": None}])
+    assert typed.column("a").type == pa.float64() and typed.column("b").type == pa.bool_()
+
+
+def test_a_new_partition_starts_where_source_kafka_start_says_within_its_watermarks():
+    from rayml.ingest import _initial_position
+
+    class Broker:  # answers a time lookup as a real broker does (the mock cluster answers -1)
+        def offsets_for_times(self, partitions, timeout):
+            return [type("Found", (), {"offset": 42 if partitions[0].offset < 2 * 10**12 else -1})()]
+
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    assert _initial_position(Broker(), "t", 0, "earliest", 5, 90) == 5
+    assert _initial_position(Broker(), "t", 0, 3, 5, 90) == 5  # deleted by retention: the oldest kept
+    assert _initial_position(Broker(), "t", 0, 500, 5, 90) == 90
+    assert _initial_position(Broker(), "t", 1, {0: 7}, 5, 90) == 5  # a partition not listed: earliest
+    assert _initial_position(Broker(), "t", 0, {0: 7}, 5, 90) == 7
+    assert _initial_position(Broker(), "t", 0, start, 5, 90) == 42
+    assert _initial_position(Broker(), "t", 0, dt.datetime(3000, 1, 1, tzinfo=dt.timezone.utc), 5, 90) == 90

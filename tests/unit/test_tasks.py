@@ -212,3 +212,24 @@ def test_multiclass_export_outputs_class_probabilities(tmp_path):
     (probs,) = onnx_session(path).run(["probabilities"], {"features": x})
     assert probs.shape == (6, 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_fm_l2_penalty_is_computed_in_training_and_added_to_the_loss():
+    layout = [{"kind": "embed", "offset": 0, "cardinality": 4}, {"kind": "embed", "offset": 1, "cardinality": 4}]
+    model = build_model(ModelConfig(kind="fm", factors=2, l2=0.5), input_dim=2, layout=layout)
+    x, y = torch.tensor([[1.0, 2.0], [3.0, 0.0]]), torch.tensor([4.0, 2.0])
+    model.train()
+    model(x)
+    expected = sum((t(x[:, i].long()).pow(2).sum(1) + b(x[:, i].long()).squeeze(-1).pow(2)).mean()
+                   for i, (t, b) in enumerate(zip(model.factors, model.biases)))
+    assert model.penalty.item() == pytest.approx(0.5 * expected.item())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    totals, _ = steps.train_epoch(model, [{"features": x, "label": y}], optimizer, scheduler, torch.nn.MSELoss(),
+                                  device=torch.device("cpu"), grad_clip=None)
+    with torch.no_grad():
+        mse = torch.nn.functional.mse_loss(model(x), y).item()
+    assert totals[0].item() / 2 == pytest.approx(mse + model.penalty.item(), rel=1e-5)
+    model.eval()
+    model(x)
+    assert model.penalty is None  # never part of evaluation or the exported graph
