@@ -259,10 +259,19 @@ def child(args: argparse.Namespace) -> int:
     settings += ["runtime.haproxy=false", f"runtime.dashboard_port={free_port()}",
              f"runtime.metrics_export_port={free_port()}"]
     data, work = Path(args.data), Path(args.work)
-    started = time.perf_counter()
-    description = runtime.connect(job_for(data, work, "connect", settings).runtime)
     import ray
     from ray.data import DataContext
+
+    started = time.perf_counter()
+    for attempt in range(3):
+        try:
+            description = runtime.connect(job_for(data, work, "connect", settings).runtime)
+            break
+        except Exception as exc:  # Ray's start-up times out on an overloaded machine: try again
+            ray.shutdown()
+            if attempt == 2:
+                raise
+            print(f"[{args.num_cpus}] Ray did not start ({exc}); trying again", flush=True)
 
     DataContext.get_current().enable_progress_bars = False
     ray_cpus = int(ray.cluster_resources().get("CPU", 0))

@@ -156,11 +156,7 @@ def load_encoder(model_dir: str | Path | None = None, *, sha256: str | None = No
 def read_config(folder: Path) -> BertConfig:
     """The BERT fields of ``folder/config.json``; a clear RegistryError when missing or unsupported."""
     path = folder / CONFIG_FILE
-    try:
-        raw = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RegistryError(f"cannot read the encoder config {path}: {exc}; point model_dir at the folder "
-                            "holding the model's config.json and model.safetensors") from exc
+    raw = read_json(path)
     fields = {name: raw[name] for name in BertConfig.model_fields if isinstance(raw, dict) and name in raw}
     try:
         return BertConfig(**fields)
@@ -173,16 +169,23 @@ def check_pipeline(folder: Path) -> None:
     """Refuse a sentence-transformers folder whose pooling is not mean-then-normalize (what this computes)."""
     modules, pooling = folder / MODULES_FILE, folder / POOLING_FILE
     if modules.is_file():
-        kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in json.loads(modules.read_text("utf-8"))]
+        kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in read_json(modules) if isinstance(m, dict)]
         if kinds != ["Transformer", "Pooling", "Normalize"]:
             raise RegistryError(f"{modules} lists modules {kinds}; this encoder implements only "
                                 "Transformer -> Pooling -> Normalize. Use a model with that pipeline")
     if pooling.is_file():
-        modes = sorted(k for k, v in json.loads(pooling.read_text("utf-8")).items() if k.startswith("pooling_mode")
-                       and v is True)
+        modes = sorted(k for k, v in read_json(pooling).items() if k.startswith("pooling_mode") and v is True)
         if modes != ["pooling_mode_mean_tokens"]:
             raise RegistryError(f"{pooling} asks for pooling {modes}; this encoder implements only "
                                 "pooling_mode_mean_tokens. Use a mean-pooling model")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"cannot read the encoder's {path}: {exc}; point model_dir at the folder holding the "
+                            "model's config.json and model.safetensors") from exc
 
 
 def checkpoint_names(c: BertConfig) -> dict[str, str]:
@@ -441,9 +444,7 @@ def text_parity(model: torch.nn.Module, onnx_path: str | Path, input_ids: np.nda
     got = session.run(None, dict(zip(INPUT_NAMES, (ids, mask), strict=True)))[0]
     report = parity_report(expected, got, tolerance)
     if not report["passed"]:
-        raise ParityError(
-            f"ONNX output differs from torch by up to {report['max_abs_diff']:.3g} on {report['rows']} rows "
-            f"(tolerance {tolerance:g}); the export is wrong or numerically unstable. Inspect the model or "
-            "raise the tolerance"
-        )
+        raise ParityError(f"ONNX output differs from torch by up to {report['max_abs_diff']:.3g} on {report['rows']} "
+                          f"rows (tolerance {tolerance:g}); the export is wrong or numerically unstable. Inspect "
+                          "the model or raise the tolerance")
     return report
