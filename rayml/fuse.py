@@ -103,19 +103,8 @@ def featurizer_graph(state: dict[str, Any], opset: int = 18) -> onnx.ModelProto:
         blocks.append(node("OneHot", [codes, depth, onehot_values], f"cat{i}", axis=-1))
 
     for i, spec in enumerate(state.get("embed", [])):
-        # The index featurize.transform writes: vocabulary value i -> i + 1, unseen or null -> 0.
-        name, vocab = spec["name"], [str(v) for v in spec["vocab"]]
-        inputs.append(helper.make_tensor_value_info(name, TensorProto.STRING, [BATCH]))
-        if not vocab:
-            shape = node("Concat", [node("Shape", [name], f"emb{i}_shape"), axis1], f"emb{i}_shape2", axis=0)
-            blocks.append(node("Expand", [const(f"emb{i}_zero", np.zeros((1, 1), np.float32)), shape], f"emb{i}"))
-            continue
-        index = node(
-            "LabelEncoder", [name], f"emb{i}_index", domain=ML_DOMAIN,
-            keys_strings=vocab, values_int64s=list(range(1, len(vocab) + 1)), default_int64=0,
-        )
-        as_float = node("Cast", [index], f"emb{i}_float", to=TensorProto.FLOAT)
-        blocks.append(node("Unsqueeze", [as_float, axis1], f"emb{i}"))
+        inputs.append(helper.make_tensor_value_info(spec["name"], TensorProto.STRING, [BATCH]))
+        blocks.append(_embed_block(i, spec, node, const, axis1))
 
     output = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [BATCH, state["output_dim"]])
     nodes.append(helper.make_node("Concat", blocks, [INPUT_NAME], name=_FEAT + "features", axis=1))
@@ -127,6 +116,21 @@ def featurizer_graph(state: dict[str, Any], opset: int = 18) -> onnx.ModelProto:
     )
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _embed_block(i: int, spec: dict[str, Any], node: Any, const: Any, axis1: str) -> str:
+    """The index featurize.transform writes for an embed column: vocabulary value i -> i + 1, unseen or null
+    -> 0, as a float [batch, 1] block."""
+    name, vocab = spec["name"], [str(v) for v in spec["vocab"]]
+    if not vocab:
+        shape = node("Concat", [node("Shape", [name], f"emb{i}_shape"), axis1], f"emb{i}_shape2", axis=0)
+        return node("Expand", [const(f"emb{i}_zero", np.zeros((1, 1), np.float32)), shape], f"emb{i}")
+    index = node(
+        "LabelEncoder", [name], f"emb{i}_index", domain=ML_DOMAIN,
+        keys_strings=vocab, values_int64s=list(range(1, len(vocab) + 1)), default_int64=0,
+    )
+    as_float = node("Cast", [index], f"emb{i}_float", to=TensorProto.FLOAT)
+    return node("Unsqueeze", [as_float, axis1], f"emb{i}")
 
 
 def fuse(state: dict[str, Any], model_path: str | Path, out_path: str | Path) -> Path:

@@ -225,12 +225,7 @@ def fit(
 
     gpu = use_gpu(config.device, config.num_workers, ray.cluster_resources().get("GPU", 0.0))
     check_precision(config.precision, gpu)
-    if store.is_remote(storage_dir):
-        filesystem, storage_path = store.resolve(storage_dir, storage)  # Ray wants bucket/key, not s3://
-    else:
-        local = Path(storage_dir).resolve()
-        local.mkdir(parents=True, exist_ok=True)
-        filesystem, storage_path = None, str(local)
+    filesystem, storage_path = _storage_target(storage_dir, storage)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config(config, input_dim=input_dim, positive_weight=positive_weight,
@@ -277,6 +272,16 @@ def fit(
         "history": progress.history, "attempts": progress.attempts, "global_step": progress.global_step,
         "stopped_early": progress.stopped_early, "use_gpu": gpu, "worker_nodes": progress.worker_nodes,
     }
+
+
+def _storage_target(storage_dir: str | Path, storage: StorageConfig | None) -> tuple[Any, str]:
+    """Ray Train's (storage_filesystem, storage_path): bucket/key on S3 (Ray wants no s3://), else a local
+    directory, created."""
+    if store.is_remote(storage_dir):
+        return store.resolve(storage_dir, storage)
+    local = Path(storage_dir).resolve()
+    local.mkdir(parents=True, exist_ok=True)
+    return None, str(local)
 
 
 def _given(path: str, remote: bool) -> str:
