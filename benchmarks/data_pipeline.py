@@ -95,8 +95,9 @@ def run_rayml(job: Any) -> dict[str, Any]:
 
 
 def ray_cpu_times() -> dict[int, float]:
-    """CPU seconds (user + system) so far of this process and its descendants, which are the embedded Ray's
-    (GCS, raylet, dashboard, workers): what a run costs, whichever process spends it."""
+    """CPU seconds so far of this process and its descendants, which are the embedded Ray's (GCS, raylet,
+    dashboard, workers): what a run costs, whichever process spends it. Each process's count includes its
+    children that have exited (workers and actors Ray Data started and stopped during the run)."""
     import psutil
 
     me = psutil.Process()
@@ -106,7 +107,7 @@ def ray_cpu_times() -> dict[int, float]:
             cpu = proc.cpu_times()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        times[proc.pid] = cpu.user + cpu.system
+        times[proc.pid] = cpu.user + cpu.system + cpu.children_user + cpu.children_system
     return times
 
 
@@ -248,34 +249,38 @@ def recording_stats() -> Iterator[list[dict[str, Any]]]:
             setattr(Dataset, name, method)
 
 
-def child(args: argparse.Namespace) -> int:
-    """One Ray setting: start Ray, then ``--repeats`` alternating baseline and rayml runs; JSON to --result"""
-    import logging
-
-    from rayml import runtime
-
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    settings = [] if args.num_cpus == "default" else [f"runtime.num_cpus={args.num_cpus}"]
-    settings += ["runtime.haproxy=false", f"runtime.dashboard_port={free_port()}",
-             f"runtime.metrics_export_port={free_port()}"]
-    data, work = Path(args.data), Path(args.work)
+def start_ray(label: str, runtime_overrides: list[str], data: Path, work: Path) -> tuple[str, float]:
+    """Start the embedded Ray as ``rayml run`` does (``runtime.connect``); its description and start-up time."""
     import ray
     from ray.data import DataContext
+
+    from rayml import runtime
 
     started = time.perf_counter()
     for attempt in range(3):
         try:
-            description = runtime.connect(job_for(data, work, "connect", settings).runtime)
+            description = runtime.connect(job_for(data, work, "connect", runtime_overrides).runtime)
             break
         except Exception as exc:  # Ray's start-up times out on an overloaded machine: try again
             ray.shutdown()
             if attempt == 2:
                 raise
-            print(f"[{args.num_cpus}] Ray did not start ({exc}); trying again", flush=True)
-
+            print(f"[{label}] Ray did not start ({exc}); trying again", flush=True)
     DataContext.get_current().enable_progress_bars = False
+    return description, time.perf_counter() - started
+
+
+def child(args: argparse.Namespace) -> int:
+    """One Ray setting: start Ray, then ``--repeats`` alternating baseline and rayml runs; JSON to --result"""
+    import ray
+
+    settings = [] if args.num_cpus == "default" else [f"runtime.num_cpus={args.num_cpus}"]
+    settings += ["runtime.haproxy=false", f"runtime.dashboard_port={free_port()}",
+                 f"runtime.metrics_export_port={free_port()}"]
+    data, work = Path(args.data), Path(args.work)
+    description, start_s = start_ray(args.num_cpus, settings, data, work)
     ray_cpus = int(ray.cluster_resources().get("CPU", 0))
-    start_s, warm_s = time.perf_counter() - started, warm_up(ray_cpus)
+    warm_s = warm_up(ray_cpus)
     print(f"[{args.num_cpus}] {description}; start {start_s:.1f} s, warm-up {warm_s:.1f} s", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "rayml": []}
     for repeat in range(args.repeats):

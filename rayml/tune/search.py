@@ -37,6 +37,11 @@ BEST_JOB = "best_job.yaml"
 # A trial's Tune actor only drives its Train run (the workers do the training), so it reserves a sliver of a CPU
 # instead of Tune's default 1 CPU, which would otherwise halve how many trials fit on a small cluster.
 DRIVER_CPUS = 0.1
+PLACEMENT_GROUPS = "placement_groups.txt"  # <trial dir>/: the placement group of each worker group it started
+_SWEEP_INTERVAL_S = 2.0
+# Seconds after a trial ends before its placement group goes: by then its actor, and with it the Train controller
+# (which could otherwise answer the lost workers with a new worker group), are gone.
+_RELEASE_GRACE_S = 5.0
 
 
 def run(job: pipeline.JobConfig) -> dict[str, Any]:
@@ -136,10 +141,13 @@ def _search(job: pipeline.JobConfig, featurized: dict[str, Any], samples: list[d
         param_space={"sample": ray.tune.grid_search(list(range(len(samples))))},
         tune_config=ray.tune.TuneConfig(
             metric=metric, mode=MODES[metric], max_concurrent_trials=concurrency, trial_dirname_creator=_dirname,
+            # stop_last_trials=False: a trial that reaches max_t ends on its own, letting its Train run shut
+            # down cleanly (last checkpoint written, placement group removed) instead of being stopped.
             scheduler=ASHAScheduler(time_attr="epoch", max_t=job.train.epochs, grace_period=tune.grace_period,
-                                    reduction_factor=tune.reduction_factor),
+                                    reduction_factor=tune.reduction_factor, stop_last_trials=False),
         ),
-        run_config=ray.tune.RunConfig(name=TRIALS, storage_path=str(tune_dir.resolve()), verbose=1),
+        run_config=ray.tune.RunConfig(name=TRIALS, storage_path=str(tune_dir.resolve()), verbose=1,
+                                      callbacks=[_release_stopped_trials(Path(setup["trials_dir"]))]),
     )
     grid = tuner.fit()
     if grid.num_terminated + grid.num_errors < len(samples):
@@ -183,18 +191,17 @@ def _trial(config: dict[str, Any], *, data: dict[str, Any], setup: dict[str, Any
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from rayml.train.loop import train_loop
-
     settings = train.TrainConfig.model_validate(setup["trains"][config["sample"]])
     trial_id = ray.tune.get_context().get_trial_id()
     weight = train.pos_weight(settings, setup["label_counts"]) if setup["task"] == "binary" else 1.0
     gpu = setup["gpu"]
+    loop_config = train.loop_config(
+        settings, input_dim=setup["input_dim"], positive_weight=weight, train_rows=setup["train_rows"],
+        run_name=f"{setup['run_name']}-{trial_id}", task=setup["task"], outputs=setup["outputs"],
+        layout=setup["layout"])
     trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=train.loop_config(
-            settings, input_dim=setup["input_dim"], positive_weight=weight, train_rows=setup["train_rows"],
-            run_name=f"{setup['run_name']}-{trial_id}", task=setup["task"], outputs=setup["outputs"],
-            layout=setup["layout"]),
+        _worker,
+        train_loop_config={**loop_config, PLACEMENT_GROUPS: str(Path(setup["trials_dir"]) / trial_id / PLACEMENT_GROUPS)},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=settings.num_workers, use_gpu=gpu, placement_strategy=settings.placement_strategy,
@@ -209,6 +216,74 @@ def _trial(config: dict[str, Any], *, data: dict[str, Any], setup: dict[str, Any
         datasets=data,
     )
     trainer.fit()
+
+
+def _worker(cfg: dict[str, Any]) -> None:
+    """rayml's per-worker loop, after rank 0 notes the worker group's placement group for the driver."""
+    import ray
+    import ray.train
+
+    from rayml.train.loop import train_loop
+
+    group = ray.get_runtime_context().get_placement_group_id()
+    if ray.train.get_context().get_world_rank() == 0 and group is not None:
+        with open(cfg[PLACEMENT_GROUPS], "a") as fh:
+            fh.write(group + "\n")
+    train_loop(cfg)
+
+
+def _release_stopped_trials(trials_dir: Path) -> Any:
+    """A Tune callback (in the driver) that removes what a stopped trial's Ray Train run still holds.
+
+    A trial ASHA stops ends its actor, and its Train controller and workers die with it, but their placement
+    group lives as long as the job unless Train's detached cleaner removes it, which needs the State API (and
+    finds the wrong cluster where several run on one host). Held CPUs would starve the next trials, whose
+    worker groups then wait forever; so every few seconds this removes the placement groups that the workers
+    of ended trials recorded, and once more when the search ends.
+    """
+    import time
+
+    import ray
+    import ray.tune
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    class ReleaseStoppedTrials(ray.tune.Callback):
+        def __init__(self) -> None:
+            self.removed: set[str] = set()
+            self.ended: dict[str, float] = {}
+            self.last = 0.0
+
+        def sweep(self, trials: list[Any], force: bool = False) -> None:
+            now = time.monotonic()
+            if not force and now - self.last < _SWEEP_INTERVAL_S:
+                return
+            self.last = now
+            for trial in trials:
+                if trial.status not in ("TERMINATED", "ERROR"):
+                    continue
+                ended = self.ended.setdefault(trial.trial_id, now)
+                path = trials_dir / str(trial.trial_id) / PLACEMENT_GROUPS
+                if (not force and now - ended < _RELEASE_GRACE_S) or not path.is_file():
+                    continue
+                for group_id in path.read_text().split():
+                    if group_id in self.removed:
+                        continue
+                    group = PlacementGroup(ray.PlacementGroupID.from_hex(group_id))
+                    if placement_group_table(group).get("state", "REMOVED") != "REMOVED":
+                        remove_placement_group(group)
+                        log.info("tune: released the workers of ended trial %s", trial.trial_id)
+                    self.removed.add(group_id)
+
+        def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+            self.sweep(trials)
+
+        def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+            now = time.monotonic()
+            latest = max((self.ended.setdefault(t.trial_id, now) for t in trials), default=now)
+            time.sleep(max(0.0, latest + _RELEASE_GRACE_S - now))
+            self.sweep(trials, force=True)
+
+    return ReleaseStoppedTrials()
 
 
 def _record(result: Any, samples: list[dict[str, Any]]) -> results.TrialRecord:
