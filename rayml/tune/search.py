@@ -4,10 +4,12 @@ with ASHA, then evaluate, export and register the best trial's best checkpoint l
 How Train runs under Tune (Ray 2.60, Train V2): each Tune trial is a *function trainable* that builds a
 ``TorchTrainer`` over rayml's per-worker loop and calls ``fit()``; the trainer's ``TuneReportCallback`` forwards
 every epoch's ``ray.train.report`` (metrics plus the checkpoint's path) to Tune, where ASHA decides. This is the
-pattern Ray's Train V2 guide recommends; ``Tuner(trainer)`` is deprecated and raises under Train V2. A trial
-that ASHA stops ends its actor, which takes its Train controller, workers and placement group with it.
+pattern Ray's Train V2 guide recommends; ``Tuner(trainer)`` is deprecated and takes only the old (V1) trainers,
+which a Train V2 ``TorchTrainer`` is not. A trial that ASHA stops ends its actor, and its Train controller and
+workers die with it; rayml then removes their placement group (``_release_stopped_trials``).
 
-Layout under ``<run dir>/tune/``: ``trials/<trial id>/`` (Tune's files, and ``ray_train/checkpoint_*``),
+Layout under ``<run dir>/tune/``: ``trials/<trial id>/`` (Tune's files, ``ray_train/checkpoint_*`` and
+``placement_groups.txt``),
 ``results.csv``, ``results.json``, ``best_job.yaml`` and ``manifest.json`` (written last: the search is done).
 Rerunning the same run with the same inputs reuses a completed search and its registration.
 """
