@@ -286,8 +286,10 @@ def records_table(records: list[Any]) -> pa.Table:
         if not isinstance(record, dict):
             continue
         for key, value in record.items():
-            values = columns.setdefault(str(key), [None] * len(records))
-            values[i] = _as_text(value)
+            name = str(key)
+            if name not in columns:  # not setdefault: it would build an n-long list for every value (quadratic)
+                columns[name] = [None] * len(records)
+            columns[name][i] = _as_text(value)
     if not columns:
         return pa.table({"_unparsed": pa.nulls(len(records), pa.string())})
     return pa.table({k: pa.array(v, pa.string()) for k, v in columns.items()})
