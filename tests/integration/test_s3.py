@@ -161,3 +161,17 @@ def test_whole_pipeline_on_s3_resumes_and_serves_from_s3(ray_cluster, s3, tmp_pa
     model_dir = f"{base}/registry/{job.registry.model_name}"
     routes = serve.resolve_routes(serve.ServeConfig(**serve.args_for_model_dir(model_dir)))
     assert routes[job.registry.model_name].versions == ("1",)
+
+
+def test_an_s3_run_root_needs_a_tracking_server_and_a_resume_names_a_missing_run(s3):
+    from rayml import pipeline
+    from rayml.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_job(JOB, [f"run.root={s3.uri('runs')}"])
+    assert any(p.startswith("tracking.tracking_uri: run.root is on s3://") for p in info.value.problems)
+    with pytest.raises(ConfigError, match=r"does not exist, so there is no job to resume.*run.name=gone"):
+        pipeline.load_run(s3.uri("runs", "gone"))
+    storage.write_text(s3.uri("runs", "half", "validate", "manifest.json"), "{}")
+    with pytest.raises(ConfigError, match=r"has no job.json, so there is no job to resume"):
+        pipeline.load_run(s3.uri("runs", "half"), ["storage.s3.region=us-east-1"])
