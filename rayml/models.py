@@ -182,6 +182,19 @@ def output_count(task: str, classes: list[str] | None) -> int:
     return len(classes or []) if task == "multiclass" else 1
 
 
+def set_output_bias(model: torch.nn.Module, value: float) -> None:
+    """Start the model's output at ``value`` (the train split's mean label for regression), so the first epochs
+    learn the signal rather than the scale of the target: the fm's global bias, else the last layer's bias."""
+    with torch.no_grad():
+        if isinstance(model, FactorizationMachine):
+            model.bias.fill_(value)
+            return
+        layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.bias is not None]
+        if not layers:
+            raise ValueError(f"{type(model).__name__} has no output bias to set")
+        layers[-1].bias.fill_(value)
+
+
 def build_model(
     config: ModelConfig, input_dim: int, outputs: int = 1, layout: list[dict[str, Any]] | None = None
 ) -> torch.nn.Module:

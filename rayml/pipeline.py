@@ -304,7 +304,7 @@ def _train(job: JobConfig, featurized: dict[str, Any], out: Path | str,
                        train_rows=featurized["rows"]["train"], config=job.train, storage_dir=out,
                        run_name=store.basename(run_dirs.parent(out)), task=task, storage=job.storage,
                        outputs=output_count(task, featurized.get("classes")), layout=featurized["layout"],
-                       tracking=tracking)
+                       tracking=tracking, output_bias=train.output_bias(featurized))
     return {**result, "pos_weight": weight, "final": result["history"][-1]}
 
 

@@ -129,6 +129,13 @@ def pos_weight(config: TrainConfig, label_counts: dict[str, int]) -> float:
     return float(config.class_weight)
 
 
+def output_bias(featurized: dict[str, Any]) -> float:
+    """The model's initial output: the train split's mean label for regression (ratings near 3.5 should not
+    start from 0), 0 otherwise (a binary or multiclass model starts with balanced logits)."""
+    stats = featurized.get("label_stats")
+    return float(stats["mean"]) if featurized.get("task") == "regression" and stats else 0.0
+
+
 def use_gpu(device: str, num_workers: int, cluster_gpus: float) -> bool:
     """Whether the workers run on GPUs; ``cuda`` without enough GPUs is a config error, not a hang."""
     if device == "cpu":
@@ -162,7 +169,7 @@ def steps_per_epoch(train_rows: int, num_workers: int, batch_size: int) -> int:
 def loop_config(config: TrainConfig, *, input_dim: int, positive_weight: float, train_rows: int,
                 run_name: str, task: str = "binary", outputs: int = 1,
                 layout: list[dict[str, Any]] | None = None,
-                tracking: dict[str, Any] | None = None) -> dict[str, Any]:
+                tracking: dict[str, Any] | None = None, output_bias: float = 0.0) -> dict[str, Any]:
     """The plain dict the per-worker loop reads (it crosses to the workers)."""
     per_epoch = steps_per_epoch(train_rows, config.num_workers, config.batch_size)
     return {
@@ -171,6 +178,7 @@ def loop_config(config: TrainConfig, *, input_dim: int, positive_weight: float, 
         "task": task,
         "outputs": outputs,
         "layout": layout or [],
+        "output_bias": output_bias,
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "lr": config.lr,
@@ -205,6 +213,7 @@ def fit(
     layout: list[dict[str, Any]] | None = None,
     tracking: dict[str, Any] | None = None,
     storage: StorageConfig | None = None,
+    output_bias: float = 0.0,
 ) -> dict[str, Any]:
     """Train with Ray Train DDP; resumes if ``storage_dir`` holds checkpoints of an earlier attempt.
 
@@ -213,7 +222,7 @@ def fit(
 
     ``train_rows`` (rows of the train split) sizes the LR schedule; ``run_name`` tags the ``rayml_train_*``
     metrics; ``task``, ``outputs`` (logits per row) and ``layout`` (the featurizer state's) shape the model and
-    its loss. Returns the chosen ``checkpoint`` (best by ``config.checkpoint_metric``) and why
+    its loss; ``output_bias`` is where the model's output starts (see ``output_bias``). Returns the chosen ``checkpoint`` (best by ``config.checkpoint_metric``) and why
     (``checkpoint_choice``), the ``last_checkpoint``, the per-epoch ``history``, ``attempts``, ``global_step``,
     ``stopped_early``, ``use_gpu`` and ``worker_nodes`` (the Ray node id of each rank).
     """
@@ -230,7 +239,7 @@ def fit(
         train_loop,
         train_loop_config=loop_config(config, input_dim=input_dim, positive_weight=positive_weight,
                                       train_rows=train_rows, run_name=run_name, task=task, outputs=outputs,
-                                      layout=layout, tracking=tracking),
+                                      layout=layout, tracking=tracking, output_bias=output_bias),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.num_workers,

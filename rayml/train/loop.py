@@ -19,7 +19,7 @@ import torch
 from rayml.evaluate import curves
 from rayml.recorders import TrainRecorder
 from rayml.tracking import Tracker
-from rayml.models import ModelConfig, build_model
+from rayml.models import ModelConfig, build_model, set_output_bias
 from rayml.train import checkpoint as ckpt
 from rayml.train import steps
 
@@ -40,7 +40,10 @@ def train_loop(cfg: dict[str, Any]) -> None:
     tracker = Tracker.from_dict(tracking["tracker"]) if tracking else None
 
     ckpt.seed_all(cfg["seed"])  # the same seed on every rank: identical initial weights before DDP syncs them
-    model = build_model(ModelConfig(**cfg["model"]), cfg["input_dim"], cfg["outputs"], cfg["layout"]).to(device)
+    model = build_model(ModelConfig(**cfg["model"]), cfg["input_dim"], cfg["outputs"], cfg["layout"])
+    if cfg.get("output_bias"):
+        set_output_bias(model, cfg["output_bias"])  # a checkpoint, if resuming, replaces it below
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scheduler = steps.build_scheduler(optimizer, schedule=cfg["schedule"], warmup_steps=cfg["warmup_steps"],
                                       total_steps=cfg["total_steps"])

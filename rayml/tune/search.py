@@ -129,6 +129,7 @@ def _search(job: pipeline.JobConfig, featurized: dict[str, Any], samples: list[d
         "run_name": tune_dir.parent.name, "input_dim": featurized["input_dim"], "task": task,
         "outputs": output_count(task, featurized.get("classes")), "layout": featurized["layout"],
         "train_rows": featurized["rows"]["train"], "label_counts": featurized.get("label_counts", {}),
+        "output_bias": train.output_bias(featurized),
     }
     concurrency = tune.max_concurrent_trials or default_concurrency(
         cluster.get("CPU", 1.0), cluster.get("GPU", 0.0), tune.num_workers, tune.cpus_per_worker, gpu)
@@ -200,7 +201,7 @@ def _trial(config: dict[str, Any], *, data: dict[str, Any], setup: dict[str, Any
     loop_config = train.loop_config(
         settings, input_dim=setup["input_dim"], positive_weight=weight, train_rows=setup["train_rows"],
         run_name=f"{setup['run_name']}-{trial_id}", task=setup["task"], outputs=setup["outputs"],
-        layout=setup["layout"])
+        layout=setup["layout"], output_bias=setup["output_bias"])
     trainer = TorchTrainer(
         _worker,
         train_loop_config={**loop_config, PLACEMENT_GROUPS: str(Path(setup["trials_dir"]) / trial_id / PLACEMENT_GROUPS)},

@@ -52,7 +52,7 @@ def test_text_sentiment_on_minilm_embeddings(ray_cluster, tmp_path):
 
 
 def test_movielens_matrix_factorization_beats_the_mean_rating(ray_cluster, tmp_path):
-    result = run_job("movielens_mf", "movielens", tmp_path, None, "train.epochs=6")
+    result = run_job("movielens_mf", "movielens", tmp_path, None, "train.epochs=5")
     report = result["report"]
     assert report["rmse"] <= 1.0, report
     assert report["rmse_vs_baseline"] <= 0.9, report

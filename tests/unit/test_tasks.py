@@ -14,7 +14,8 @@ from rayml.export import export_onnx, onnx_session, output_name, parity
 from rayml.featurize import FeaturizeConfig, input_columns, merge_stats, partial_stats, transform
 from rayml.featurize import labels as encode_labels
 from rayml.fuse import fuse, fused_parity
-from rayml.models import CNN, FactorizationMachine, ModelConfig, Probability, build_model, output_count
+from rayml.models import (CNN, FactorizationMachine, ModelConfig, Probability, build_model, output_count,
+                          set_output_bias)
 from rayml.train import steps
 
 
@@ -233,3 +234,22 @@ def test_fm_l2_penalty_is_computed_in_training_and_added_to_the_loss():
     model.eval()
     model(x)
     assert model.penalty is None  # never part of evaluation or the exported graph
+
+
+def test_a_regression_model_starts_at_the_mean_label():
+    from rayml.train import output_bias
+
+    featurized = {"task": "regression", "label_stats": {"rows": 10, "mean": 3.53, "std": 1.1}}
+    assert output_bias(featurized) == pytest.approx(3.53)
+    assert output_bias({"task": "binary", "label_counts": {"0": 9, "1": 1}}) == 0.0
+    layout = [{"kind": "embed", "offset": 0, "cardinality": 4}, {"kind": "embed", "offset": 1, "cardinality": 4}]
+    unseen = torch.zeros(3, 2)  # unknown user and item: the fm's answer is its global bias alone
+    fm = build_model(ModelConfig(kind="fm", factors=2), input_dim=2, layout=layout)
+    set_output_bias(fm, 3.53)
+    assert fm.eval()(unseen).tolist() == pytest.approx([3.53] * 3)
+    mlp = build_model(ModelConfig(kind="mlp", hidden=[4], dropout=0.0), input_dim=2)
+    last = [m for m in mlp.modules() if isinstance(m, torch.nn.Linear)][-1]
+    x = torch.randn(5, 2)
+    before, old = mlp.eval()(x), last.bias.item()
+    set_output_bias(mlp, 3.53)
+    assert mlp(x).tolist() == pytest.approx((before + 3.53 - old).tolist(), abs=1e-5)  # only the output shifts
