@@ -19,6 +19,10 @@ cluster up. Usage (from the repository root, venv active):
 
     python benchmarks/serve.py                       # builds a model under --workdir if there is none
     python benchmarks/serve.py --model-dir /path/registry/fraud/1 --duration 8 --repeats 3
+    # the heavier model: the MNIST CNN (one base64 PNG per request, decoded and normalized in the replica),
+    # dynamic batching against batching off, behind HAProxy
+    python benchmarks/serve.py --model mnist --workdir /tmp/rayml-bench-serve-cnn --stacks ray-haproxy \
+        --concurrency 32 --batch-variants batch1-ongoing512
 
 Needs `wrk` on PATH (Debian: apt-get install -y wrk). Everything binds to 127.0.0.1.
 """
@@ -29,6 +33,7 @@ import os
 os.environ["RAY_AUTH_MODE"] = "token"
 
 import argparse
+import base64
 import json
 import shutil
 import signal
@@ -96,14 +101,22 @@ def child_env(**extra: str) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------------------- the model
 
+# The models --model builds: the data command, the job and its overrides (kept short: serving speed is measured).
+MODELS = {
+    "fraud": (["generate", "fraud", "--rows", "20000"], "jobs/fraud_detection.yaml", ["train.epochs=2"]),
+    "mnist": (["datasets", "mnist"], "jobs/mnist_cnn.yaml", ["train.epochs=2"]),
+}
+
+
 def ensure_model(args: argparse.Namespace) -> Path:
-    """The version directory to serve: --model-dir, or one built (once) under --workdir."""
+    """The version directory to serve: --model-dir, or the --model one built (once) under --workdir."""
     from rayml import artifacts
 
     if args.model_dir:
         return artifacts.resolve_version_dir(args.model_dir).resolve()
     work = Path(args.workdir).resolve()
-    model = work / "registry" / "fraud"
+    data_command, job, overrides = MODELS[args.model]
+    model = work / "registry" / ("fraud" if args.model == "fraud" else "mnist")
     if artifacts.versions(model):
         log(f"reusing the model at {model}")
         return artifacts.resolve_version_dir(model).resolve()
@@ -112,14 +125,15 @@ def ensure_model(args: argparse.Namespace) -> Path:
     env.pop("RAY_AUTH_MODE", None)
     python = str(VENV_BIN / "python")
     started = time.monotonic()
-    if not (work / "data").exists():
-        log("generating 20k transactions")
-        subprocess.run([python, "-m", "rayml", "generate", "fraud", "--rows", "20000", "--out", str(work / "data")],
+    data = work / f"data-{args.model}"
+    if not data.exists():
+        log(f"writing the {args.model} data: rayml {' '.join(data_command)}")
+        subprocess.run([python, "-m", "rayml", *data_command, "--out", str(data)],
                        cwd=REPO, env=env, check=True, timeout=600)
-    log("training and registering the model (rayml run jobs/fraud_detection.yaml train.epochs=2)")
+    log(f"training and registering the model (rayml run {job} {' '.join(overrides)})")
     subprocess.run(
-        [python, "-m", "rayml", "run", "jobs/fraud_detection.yaml", f"source.path={work / 'data'}",
-         f"run.root={work / 'runs'}", f"registry.root={work / 'registry'}", "train.epochs=2"],
+        [python, "-m", "rayml", "run", job, f"source.path={data}", f"run.root={work / 'runs'}",
+         f"registry.root={work / 'registry'}", *overrides],
         cwd=REPO, env=env, check=True, timeout=900,
     )
     log(f"model built in {time.monotonic() - started:.0f} s")
@@ -127,15 +141,26 @@ def ensure_model(args: argparse.Namespace) -> Path:
 
 
 def request_body(version_dir: Path, rows: int = 1) -> dict[str, Any]:
-    """``{"instances": [...]}`` with ``rows`` copies of RECORD, checked by the model's own Predictor."""
+    """``{"instances": [...]}`` with ``rows`` copies of one record, checked by the model's own Predictor: RECORD
+    for a tabular model, one 28x28 MNIST digit as a base64 PNG for a model with an image (binary) column."""
     from rayml.predictor import Predictor
 
     predictor = Predictor(version_dir)
     names = [c.name for c in predictor.columns]
-    missing = [n for n in names if n not in RECORD]
+    if any(c.type == "binary" for c in predictor.columns):
+        from rayml.datasets import packaged
+
+        digits = Path(os.environ.get("TMPDIR", "/tmp")) / "rayml-bench-digit"
+        if not digits.exists():
+            packaged.write("mnist", digits, limit=20)
+        png = sorted(digits.rglob("*.png"))[0]
+        record = {"path": png.name, "image": base64.b64encode(png.read_bytes()).decode()}
+    else:
+        record = {n: RECORD[n] for n in names if n in RECORD}
+    missing = [n for n in names if n not in record]
     if missing:
         raise SystemExit(f"the benchmark record lacks the model's input column(s) {missing}; extend RECORD")
-    record = {n: RECORD[n] for n in names}
+    record = {n: record[n] for n in names}
     predictor.records_table([record])  # raises if the record does not validate
     return {"instances": [record] * rows}
 
@@ -168,14 +193,11 @@ def baseline_server(version_dir: str, port: int) -> None:
         if not isinstance(payload, dict) or "instances" not in payload:
             raise RequestError('body must be a JSON object with "instances": [{"column": value, ...}]')
         table = predictor.records_table(payload["instances"])
-        probabilities = predictor.predict_table(table)
-        threshold = predictor.threshold
-        return {
-            "model_name": model,
-            "model_version": predictor.version,
-            "threshold": threshold,
-            "predictions": [{"probability": float(p), "label": int(p >= threshold)} for p in probabilities.tolist()],
-        }
+        outputs = predictor.predict_table(table)
+        answer = {"model_name": model, "model_version": predictor.version}
+        if predictor.threshold is not None:
+            answer["threshold"] = predictor.threshold
+        return {**answer, "predictions": predictor.answers(outputs)}
 
     # Registered explicitly: this module does not use postponed annotations, but keep FastAPI's view obvious.
     app.add_api_route("/predict/{model}", predict, methods=["POST"])
@@ -415,6 +437,8 @@ def verdicts(results: dict[str, dict], conc: int = 32) -> list[str]:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", help="<registry>/<model>[/<version>]; default: build one under --workdir")
+    parser.add_argument("--model", choices=sorted(MODELS), default="fraud",
+                        help="the model built when --model-dir is not given: the fraud MLP or the MNIST CNN")
     parser.add_argument("--workdir", default="/tmp/rayml-bench-serve", help="model, logs and results.json")
     parser.add_argument("--stacks", default=",".join(STACKS), help=f"comma-separated subset of {STACKS}")
     parser.add_argument("--concurrency", default="1,8,32,64")

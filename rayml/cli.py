@@ -107,7 +107,20 @@ def _check(args: argparse.Namespace) -> int:
     from rayml import pipeline
 
     job = pipeline.load_job(args.job, args.overrides)
-    print(f"{args.job}: OK (job {job.name!r}, {len(job.validation.columns)} columns, {job.train.epochs} epochs)")
+    problems, checked = [], []
+    if job.tune is not None:  # what `rayml tune` would refuse, without starting anything
+        from rayml.tune import space
+
+        problems += space.check(job, space.sample(job.tune.space, job.tune.num_samples, job.tune.seed))
+        checked.append(f"tune: {job.tune.num_samples} samples")
+    if job.ingest is not None:  # what `rayml ingest` would refuse
+        problems += ingest.cross_check(job)
+        checked.append("ingest")
+    if problems:
+        raise ConfigError(problems, args.job)
+    extra = f"; {', '.join(checked)} checked" if checked else ""
+    print(f"{args.job}: OK (job {job.name!r}, {len(job.validation.columns)} columns, {job.train.epochs} epochs"
+          f"{extra})")
     return 0
 
 

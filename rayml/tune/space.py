@@ -119,6 +119,10 @@ def check(job: JobConfig, samples: list[dict[str, Any]]) -> list[str]:
         return ["tune: this job has no tune section, so there is nothing to search. Add one (see "
                 "jobs/fraud_tune.yaml): tune: {space: {train.lr: {loguniform: [1.0e-4, 1.0e-2]}}, num_samples: 8}"]
     problems = []
+    if str(job.run.root).startswith("s3://"):
+        problems.append(f"run.root: `rayml tune` keeps its trials in a local or shared directory, got "
+                        f"{job.run.root!r}; set run.root to a path every node can reach (s3:// run directories "
+                        "work with `rayml run`)")
     metric, task = tune_metric(job), job.features.task
     if metric not in TASK_METRICS[task]:
         where = "tune.metric" if tune.metric else "train.checkpoint_metric (tune.metric is unset)"

@@ -241,6 +241,8 @@ def test_cli_reports_ingest_and_generate_mistakes_without_a_traceback(capsys):
     assert main(["generate", "fraud", "--rows", "10", "--kafka", "127.0.0.1:9"]) == 2
     err = capsys.readouterr().err
     assert "--kafka BOOTSTRAP and --topic T go together" in err and "Traceback" not in err
+    assert main(["check", str(REPO / "jobs" / "fraud_stream.yaml"), "ingest.timestamp_column=amount"]) == 2
+    assert "ingest.timestamp_column: column 'amount' has type float" in capsys.readouterr().err
 
 
 def test_records_table_keeps_every_key_and_types_each_column_on_its_own():

@@ -153,6 +153,15 @@ def test_rayml_tune_on_a_job_without_a_tune_section_is_a_config_error(capsys):
     assert "this job has no tune section" in err and "jobs/fraud_tune.yaml" in err
 
 
+def test_rayml_check_runs_the_tune_checks_and_refuses_an_s3_run_root(capsys):
+    assert cli.main(["check", str(JOB)]) == 0
+    assert "tune: 8 samples checked" in capsys.readouterr().out
+    assert cli.main(["check", str(JOB), "tune.grace_period=6"]) == 2
+    assert "tune.grace_period: 6 epoch(s) is not below train.epochs" in capsys.readouterr().err
+    (problem,) = check("run.root=s3://bucket/runs", "tracking.enabled=false")
+    assert problem.startswith("run.root: `rayml tune` keeps its trials in a local or shared directory")
+
+
 # --- the results table ---------------------------------------------------------------------------------------
 
 
