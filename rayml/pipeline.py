@@ -193,12 +193,7 @@ def run(job: JobConfig, *, through: Literal["train", "register"] = "register") -
             status = "FINISHED"
             return trained
         registered = finish(job, run_dir, validated, featurized, trained)
-        evaluate_dir = store.join(run_dir, "evaluate")
-        if tracker.enabled:
-            report = artifacts.read_json(store.join(evaluate_dir, "report.json"), job.storage)
-            with run_dirs.local_files(evaluate_dir, ".png", job.storage) as plots:
-                tracker.log_report(run_id, report, plots)
-        tracker.log_registered(run_id, registered["version_dir"], registered["model_name"], registered["version"])
+        log_outcome(job, run_dir, registered, tracker, run_id)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -207,6 +202,18 @@ def run(job: JobConfig, *, through: Literal["train", "register"] = "register") -
         tracker.finish(run_id, status)
     log.info("registered %s (%.0f s in all)", registered["version_dir"], time.perf_counter() - started)
     return registered
+
+
+def log_outcome(job: JobConfig, run_dir: Path | str, registered: dict[str, Any], tracker: Tracker,
+                run_id: str | None) -> None:
+    """Log the evaluation report, its plots and the registered model's path to the run's MLflow run."""
+    if not tracker.enabled:
+        return
+    evaluate_dir = store.join(run_dir, "evaluate")
+    report = artifacts.read_json(store.join(evaluate_dir, "report.json"), job.storage)
+    with run_dirs.local_files(evaluate_dir, ".png", job.storage) as plots:
+        tracker.log_report(run_id, report, plots)
+    tracker.log_registered(run_id, registered["version_dir"], registered["model_name"], registered["version"])
 
 
 def start(job: JobConfig) -> Path | str:

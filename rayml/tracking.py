@@ -162,6 +162,27 @@ class Tracker:
 
         self._safely("registered model", run_id, tag_all)
 
+    def log_child(self, parent_id: str | None, name: str, params: Mapping[str, Any],
+                  history: list[Mapping[str, Any]], status: str = "FINISHED") -> None:
+        """A finished run nested under ``parent_id`` (e.g. one Tune trial): its ``params`` and each entry of
+        ``history`` as that epoch's metrics (the entries' numeric values, at step ``epoch``)."""
+        state = status.upper()
+        if state not in STATUSES:
+            raise RaymlError(f"tracking status {status!r} is not one of {', '.join(STATUSES)}")
+
+        def log_all(client: Any) -> None:
+            parent = client.get_run(parent_id)
+            child = client.create_run(parent.info.experiment_id, run_name=name,
+                                      tags={"mlflow.parentRunId": parent_id})
+            child_id = child.info.run_id
+            self._log_new_params(client, child_id, flatten(params))
+            for entry in history:
+                _log_metrics(client, child_id, {k: v for k, v in entry.items() if k != "epoch"},
+                             step=int(entry.get("epoch", 0)))
+            client.set_terminated(child_id, status=state)
+
+        self._safely(f"child run {name}", parent_id, log_all)
+
     def finish(self, run_id: str | None, status: str = "FINISHED") -> None:
         """End the run with ``status`` FINISHED, FAILED or KILLED (a resume sets it RUNNING again)."""
         state = status.upper()

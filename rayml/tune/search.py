@@ -27,6 +27,7 @@ from rayml import artifacts, featurize, pipeline, train
 from rayml.config import parse
 from rayml.errors import ConfigError, RaymlError
 from rayml.models import WEIGHTS_FILE, output_count
+from rayml.tracking import Tracker
 from rayml.train.checkpoint import STATE_FILE, read_progress
 from rayml.train.steps import MODES
 from rayml.tune import results, space
@@ -58,33 +59,47 @@ def run(job: pipeline.JobConfig) -> dict[str, Any]:
     if problems:
         raise ConfigError(problems, "tune")
     run_dir = pipeline.start(job)
-    validated, featurized = pipeline.prepare(job, run_dir)
-    tune_dir = run_dir / TUNE_DIR
-    fingerprint = artifacts.fingerprint([featurized["fingerprint"], job.train.model_dump(mode="json"),
-                                         job.tune.model_dump(mode="json")])
-    done = artifacts.read_manifest(tune_dir)
-    if done is not None and done.get("fingerprint") == fingerprint:
-        log.info("tune: reusing the completed search in %s", tune_dir)
-    else:
-        if tune_dir.exists():
-            shutil.rmtree(tune_dir)  # an interrupted or different search: its trials mean nothing now
-        done = _search_stage(job, featurized, samples, metric, tune_dir, fingerprint)
-    # The best job is rebuilt from this job (not the saved search): its other sections may have changed since.
-    best_data = best_job_data(job, done["best"]["params"], metric)
-    best_path = write_best_job(best_data, tune_dir / BEST_JOB, done["best"], metric, len(done["rows"]))
-    best_job = parse(pipeline.JobConfig, best_data, source=str(best_path))
-    registered = pipeline.finish(best_job, run_dir, validated, featurized, done["trained"])
+    tracker = Tracker.from_config(job.tracking, job.run.root, job.name)
+    run_id = tracker.start(run_dir, run_dir.name, job.model_dump(mode="json", exclude={"tracking"}))
+    status = "FAILED"
+    try:
+        validated, featurized = pipeline.prepare(job, run_dir)
+        tune_dir = run_dir / TUNE_DIR
+        fingerprint = artifacts.fingerprint([featurized["fingerprint"], job.train.model_dump(mode="json"),
+                                             job.tune.model_dump(mode="json")])
+        done = artifacts.read_manifest(tune_dir)
+        if done is not None and done.get("fingerprint") == fingerprint:
+            log.info("tune: reusing the completed search in %s", tune_dir)
+        else:
+            if tune_dir.exists():
+                shutil.rmtree(tune_dir)  # an interrupted or different search: its trials mean nothing now
+            records = _search(job, featurized, samples, metric, tune_dir)
+            for record in records:  # one nested MLflow run per trial, with its params and every epoch
+                tracker.log_child(run_id, f"trial {record.trial_id}", record.params, record.history,
+                                  "FAILED" if record.error else "FINISHED")
+            done = _search_stage(job, featurized, records, metric, tune_dir, fingerprint)
+        # The best job is rebuilt from this job (not the saved search): its other sections may have changed since.
+        best_data = best_job_data(job, done["best"]["params"], metric)
+        best_path = write_best_job(best_data, tune_dir / BEST_JOB, done["best"], metric, len(done["rows"]))
+        best_job = parse(pipeline.JobConfig, best_data, source=str(best_path))
+        registered = pipeline.finish(best_job, run_dir, validated, featurized, done["trained"])
+        pipeline.log_outcome(best_job, run_dir, registered, tracker, run_id)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.finish(run_id, status)
     log.info("tune: registered the best trial (%s) at %s", done["best"]["trial_id"], registered["version_dir"])
     return {"rows": done["rows"], "best": done["best"], "metric": metric, "registered": registered,
             "results_csv": done["results_csv"], "results_json": done["results_json"], "best_job": str(best_path)}
 
 
-def _search_stage(job: pipeline.JobConfig, featurized: dict[str, Any], samples: list[dict[str, Any]], metric: str,
-                  tune_dir: Path, fingerprint: str) -> dict[str, Any]:
-    """Run the search; write the results, the best job and the manifest; return the manifest."""
+def _search_stage(job: pipeline.JobConfig, featurized: dict[str, Any], records: list[results.TrialRecord],
+                  metric: str, tune_dir: Path, fingerprint: str) -> dict[str, Any]:
+    """From the trials' ``records``: write the results, the best job and the manifest; return the manifest."""
     assert job.tune is not None
     mode = MODES[metric]
-    records = _search(job, featurized, samples, metric, tune_dir)
     table = results.rows(records, metric, mode, job.train.epochs)
     top = results.best(table)
     if top is None:

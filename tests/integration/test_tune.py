@@ -41,7 +41,7 @@ def tuned(ray_cluster, fraud_data, tmp_path_factory) -> dict:
     job = pipeline.load_job(JOB, job_overrides(
         fraud_data["path"], root, "run.name=tune", "train.epochs=3", "train.batch_size=512",
         f"tune.space={SPACE}", "tune.num_samples=4", "tune.metric=val_loss", "tune.grace_period=1",
-        "tune.reduction_factor=2", "tune.max_concurrent_trials=2", f"tune.seed={ordered_seed()}",
+        "tune.reduction_factor=2", "tune.max_concurrent_trials=2", f"tune.seed={ordered_seed()}", tracking=True,
     ))
     before = set(ray.util.placement_group_table())
     outcome = search.run(job)
@@ -102,6 +102,25 @@ def test_stopped_trials_release_their_workers(tuned):
             break
         time.sleep(1)
     assert not left, left
+
+
+def test_mlflow_holds_the_search_and_one_nested_run_per_trial(tuned):
+    from mlflow.tracking import MlflowClient
+
+    saved = json.loads((tuned["run_dir"] / "mlflow_run.json").read_text())
+    client = MlflowClient(tracking_uri=saved["tracking_uri"])
+    parent = client.get_run(saved["run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["rayml.registry_path"] == tuned["outcome"]["registered"]["version_dir"]
+    assert "roc_auc" in parent.data.metrics and parent.data.params["tune.num_samples"] == "4"
+    children = client.search_runs([saved["experiment_id"]], f"tags.mlflow.parentRunId = '{saved['run_id']}'")
+    by_trial = {run.info.run_name.removeprefix("trial "): run for run in children}
+    rows = {row["trial_id"]: row for row in tuned["outcome"]["rows"]}
+    assert set(by_trial) == set(rows)
+    for trial_id, run in by_trial.items():
+        assert float(run.data.params["train.lr"]) == rows[trial_id]["params"]["train.lr"]
+        epochs = client.get_metric_history(run.info.run_id, "val_loss")
+        assert [m.step for m in epochs] == list(range(1, rows[trial_id]["epochs"] + 1))
 
 
 def test_rerunning_the_run_reuses_the_search_and_its_registration(tuned):

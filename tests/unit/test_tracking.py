@@ -98,6 +98,20 @@ def test_report_artifacts_registration_and_finish(tracker, client, tmp_path) -> 
         tracker.finish(run_id, "done")
 
 
+def test_a_child_run_is_nested_under_its_parent_with_params_and_epochs(tracker, client, tmp_path) -> None:
+    parent = tracker.start(tmp_path / "tune", "tune", {"tune": {"num_samples": 2}})
+    history = [{"epoch": 1, "val_loss": 0.5, "checkpoint_path": "/c/0"}, {"epoch": 2, "val_loss": 0.4}]
+    tracker.log_child(parent, "trial t1", {"train.lr": 0.01}, history, "FAILED")
+    (child,) = client.search_runs([client.get_run(parent).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent}'")
+    assert child.info.run_name == "trial t1" and child.info.status == "FAILED"
+    assert child.data.params == {"train.lr": "0.01"}
+    assert [(m.step, m.value) for m in client.get_metric_history(child.info.run_id, "val_loss")] == [(1, 0.5),
+                                                                                                     (2, 0.4)]
+    with pytest.raises(RaymlError, match="not one of"):
+        tracker.log_child(parent, "trial t2", {}, [], "DONE")
+
+
 def test_resume_continues_the_same_run(tracker, client, tmp_path, caplog) -> None:
     run_dir = tmp_path / "resumable"
     first = tracker.start(run_dir, "resumable", {"train": {"lr": 0.1, "epochs": 2}})
