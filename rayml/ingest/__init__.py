@@ -90,7 +90,7 @@ def run(job: JobConfig, *, until_caught_up: bool = False, stop: threading.Event 
     if problems or config is None or kafka is None:
         raise ConfigError(problems, "rayml ingest")
     stop = stop or threading.Event()
-    output = Output(config.output)
+    output = Output(config.output, job.storage)
     state = load_state(output) or IngestState(topic, config.timestamp_column)
     if (state.topic, state.timestamp_column) != (topic, config.timestamp_column):
         raise ConfigError(
@@ -174,7 +174,7 @@ class _Batches:
         self._args = (settings, self.topic)
         self._kwargs = {
             "columns": job.validation.columns, "max_message_bytes": kafka.max_message_bytes,
-            "output_uri": output.root if output.local else output.uri,
+            "output_uri": output.root if output.local else output.uri, "storage": output.storage,
             "timestamp_column": config.timestamp_column, "timeout_s": config.read_timeout_s,
         }
 

@@ -18,7 +18,9 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from rayml import storage as store
 from rayml.errors import DataValidationError
+from rayml.storage import StorageConfig
 
 CHECKPOINT_DIR = "_checkpoint"
 CHECKPOINT_FILE = "offsets.json"
@@ -132,14 +134,12 @@ class IngestState:
 
 
 class Output:
-    """The ingest's output root on a local disk or an object store (any ``pyarrow.fs`` URI, e.g. s3://)."""
+    """The ingest's output root: a local directory or s3:// (reached with the job's ``storage`` section or the
+    AWS environment, as every other rayml path)."""
 
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        if "://" in uri:
-            self.fs, self.root = pafs.FileSystem.from_uri(uri)
-        else:
-            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(uri)
+    def __init__(self, uri: str, storage: StorageConfig | None = None) -> None:
+        self.uri, self.storage = uri, storage
+        self.fs, self.root = store.resolve(uri, storage)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
 
     def path(self, *parts: str) -> str:
