@@ -317,22 +317,28 @@ def run_stage(
     needed = sorted({config.label, split.key, *config.numeric, *config.categorical, *config.embed,
                      *config.media_columns(), *config.keep})
     source, filesystem = dataset_path(valid_path, storage)
-    records = ray.data.read_parquet(source, filesystem=filesystem, partitioning=None).select_columns(needed)
-    by_split = split_datasets(records, split)
-    partials = by_split["train"].map_batches(
-        _partial_stats_json, fn_kwargs={"config": config.model_dump()}, batch_format="pyarrow"
+    # Enough read tasks to keep every CPU busy, few enough that per-task overhead stays small.
+    files = len(store.list_files(valid_path, (".parquet",), storage))
+    blocks = max(1, min(files, 4 * int(ray.cluster_resources().get("CPU", 1))))
+    records = ray.data.read_parquet(source, filesystem=filesystem, partitioning=None,
+                                    override_num_blocks=blocks).select_columns(needed)
+    where = {"key": split.key, "train": split.train, "val": split.val, "seed": split.seed}
+    # Two passes over the records, whatever the number of splits: fit on the train rows, then featurize every
+    # row once and write the three splits in one partitioned write (<out>/_split=train|val|test/).
+    partials = records.map_batches(
+        _train_stats_json, fn_kwargs={"config": config.model_dump(), "where": where}, batch_format="pyarrow"
     ).take_all()
     state = merge_stats((json.loads(p["stats"]) for p in partials), config)
     if state["rows"] == 0:
         raise DataValidationError("the train split is empty; add data or raise split.train")
     store.write_text(store.join(out, STATE_FILE), dumps(state), storage)
-    counts = {}
-    for name, dataset in by_split.items():
-        target, filesystem = dataset_path(store.join(out, name), storage)
-        dataset.map_batches(
-            _featurize_batch, fn_kwargs={"state": state, "keep": config.keep}, batch_format="pyarrow"
-        ).write_parquet(target, filesystem=filesystem)
-        counts[name] = parquet_rows(store.join(out, name), storage)
+    target, filesystem = dataset_path(out, storage)
+    records.map_batches(
+        _featurize_splits, fn_kwargs={"state": state, "keep": config.keep, "where": where}, batch_format="pyarrow"
+    ).write_parquet(target, filesystem=filesystem, partition_cols=[SPLIT])
+    paths = {name: store.join(out, f"{SPLIT}={name}") for name in SPLITS}
+    counts = {name: parquet_rows(path, storage) if store.exists(path, storage) else 0
+              for name, path in paths.items()}
     return {
         "state_path": str(store.join(out, STATE_FILE)),
         "input_dim": state["output_dim"],
@@ -342,7 +348,7 @@ def run_stage(
         "label_stats": state.get("label_stats"),
         "layout": state["layout"],
         "rows": counts,
-        "paths": {name: str(store.join(out, name)) for name in SPLITS},
+        "paths": {name: str(path) for name, path in paths.items()},
     }
 
 
@@ -368,13 +374,24 @@ def _take_split(batch: pa.Table, name: str, key: str, train: float, val: float, 
     return batch.filter(pa.array(mask, pa.bool_()))
 
 
-def _partial_stats_json(batch: pa.Table, config: dict[str, Any]) -> dict[str, np.ndarray]:
-    stats = partial_stats(batch, FeaturizeConfig(**config))
+def _splits_of(batch: pa.Table, where: dict[str, Any]) -> np.ndarray:
+    from rayml.split import assign
+
+    return assign(batch.column(where["key"]), where["train"], where["val"], where["seed"])
+
+
+def _train_stats_json(batch: pa.Table, config: dict[str, Any], where: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The featurizer statistics of the batch's train rows, as JSON."""
+    train = batch.filter(pa.array(_splits_of(batch, where) == "train", pa.bool_()))
+    stats = partial_stats(train, FeaturizeConfig(**config))
     return {"stats": np.array([json.dumps(stats)])}
 
 
-def _featurize_batch(batch: pa.Table, state: dict[str, Any], keep: list[str]) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {FEATURES: transform(batch, state), LABEL: labels(batch, state)}
+def _featurize_splits(batch: pa.Table, state: dict[str, Any], keep: list[str], where: dict[str, Any]
+                      ) -> dict[str, np.ndarray]:
+    """Every row's features, label and ``keep`` columns, with its split in ``_split``."""
+    out: dict[str, np.ndarray] = {FEATURES: transform(batch, state), LABEL: labels(batch, state),
+                                  SPLIT: _splits_of(batch, where).astype(str)}
     for name in keep:
         out[name] = batch.column(name).to_numpy(zero_copy_only=False)
     return out

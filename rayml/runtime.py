@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from typing import Literal
 
 from pydantic import Field
 
@@ -31,13 +32,27 @@ class RuntimeConfig(StrictModel):
     dashboard_port: int = Field(8265, ge=1024, le=65535, description="embedded Ray dashboard port")
     metrics_export_port: int = Field(8090, ge=1024, le=65535, description="embedded Ray Prometheus export port")
     haproxy: bool = Field(True, description="use Serve's HAProxy ingress (set before the cluster starts)")
+    parquet_reader: Literal["v1", "v2"] = Field(
+        "v1",
+        description="Ray Data's Parquet reader: v1, or v2 (Ray 2.60's default, DataSourceV2), whose file-listing "
+        "task added 3-4 s to every read in benchmarks/data_pipeline.py on 2 cores",
+    )
 
 
 def connect(config: RuntimeConfig | None = None) -> str:
-    """Make sure this process is connected to Ray; return a one-line description of where."""
-    import ray
+    """Make sure this process is connected to Ray, with this driver's Ray Data settings; return a one-line
+    description of where."""
+    from ray.data import DataContext
 
     config = config or RuntimeConfig()
+    where = _connect(config)
+    DataContext.get_current().use_datasource_v2 = config.parquet_reader == "v2"
+    return where
+
+
+def _connect(config: RuntimeConfig) -> str:
+    import ray
+
     if ray.is_initialized():
         return "already connected"
     address = config.address or os.environ.get("RAY_ADDRESS")

@@ -119,6 +119,15 @@ def validated_batches(
         yield validate_batch(raw.table, columns, raw.files or path, raw.rows, raw.originals, raw.problems)
 
 
+def validated_files(
+    paths: list[str], fmt: SourceFormat, batch_rows: int, columns: list[ColumnSpec],
+    filesystem: FileSystem | None = None,
+) -> Iterator[pa.Table]:
+    """Validated batches of each file of ``paths`` in turn (one read task's share of the source)."""
+    for path in paths:
+        yield from validated_batches(path, fmt, batch_rows, columns, filesystem)
+
+
 def validated_images(
     paths: list[str], root: str, columns: list[ColumnSpec], filesystem: FileSystem | None = None
 ) -> Iterator[pa.Table]:
@@ -144,8 +153,10 @@ def read_validated(
     filesystem = store.resolve(source.path, storage)[0] if store.is_remote(source.path) else None
     # Sizes let Ray Data size its blocks (without them it splits a small input into ~200 tiny files).
     listed = {e.path: e.size for e in store.list_files(source.path, None, storage)} if filesystem else {}
+    # About 4 read tasks per CPU (Ray Data's default asks for at least 200, one per small file here).
+    blocks = None if source.format == "images" else 4 * max(1, int(ray.cluster_resources().get("CPU", 1)))
     return ray.data.read_datasource(
-        _validating_datasource(files, source, columns, filesystem, listed)
+        _validating_datasource(files, source, columns, filesystem, listed), override_num_blocks=blocks
     )
 
 
@@ -346,6 +357,18 @@ def image_label(path: str, root: str) -> str | None:
     return parts[0] if len(parts) >= 2 and parts[0] else None
 
 
+def file_groups(files: list[str], parallelism: int) -> list[list[str]]:
+    """``files`` in at most ``parallelism`` runs of consecutive files, as even in count as possible."""
+    count = max(1, min(len(files), parallelism))
+    size, extra = divmod(len(files), count)
+    groups, start = [], 0
+    for index in range(count):
+        end = start + size + (1 if index < extra else 0)
+        groups.append(files[start:end])
+        start = end
+    return [group for group in groups if group]
+
+
 def image_groups(
     files: list[str], sizes: list[int | None], batch_rows: int, parallelism: int
 ) -> list[list[str]]:
@@ -377,8 +400,8 @@ def _file_size(path: str) -> int | None:
 
 def _validating_datasource(files: list[str], source: SourceConfig, columns: list[ColumnSpec],
                            filesystem: FileSystem | None, listed: dict[str, int | None]) -> Any:
-    """A Ray Data datasource with one read task per file (per group of files for images); each task yields
-    validated batches.
+    """A Ray Data datasource with one read task per group of files (about ``parallelism`` groups: many small
+    files do not each pay a task's overhead); each task yields validated batches.
 
     The class is defined here rather than at module level so importing rayml.source does not import Ray.
     """
@@ -401,9 +424,9 @@ def _validating_datasource(files: list[str], source: SourceConfig, columns: list
                 read = functools.partial(validated_images, root=source.path, columns=columns,
                                          filesystem=filesystem)
                 return [_task(group, functools.partial(read, group)) for group in groups]
-            read = functools.partial(validated_batches, fmt=fmt, batch_rows=batch_rows, columns=columns,
+            read = functools.partial(validated_files, fmt=fmt, batch_rows=batch_rows, columns=columns,
                                      filesystem=filesystem)
-            return [_task([path], functools.partial(read, path)) for path in files]
+            return [_task(group, functools.partial(read, group)) for group in file_groups(files, parallelism)]
 
         def get_name(self) -> str:
             return f"Validated{fmt.capitalize()}"

@@ -16,6 +16,7 @@ from rayml import artifacts, featurize, storage, validate
 from rayml.datasets.fraud import generate_fraud
 from rayml.pipeline import load_job
 from rayml.source import SourceConfig
+from tests.conftest import REPO
 from tests.integration.conftest import JOB
 
 pytestmark = pytest.mark.integration
@@ -175,3 +176,26 @@ def test_an_s3_run_root_needs_a_tracking_server_and_a_resume_names_a_missing_run
     storage.write_text(s3.uri("runs", "half", "validate", "manifest.json"), "{}")
     with pytest.raises(ConfigError, match=r"has no job.json, so there is no job to resume"):
         pipeline.load_run(s3.uri("runs", "half"), ["storage.s3.region=us-east-1"])
+
+
+def test_rayml_ingest_writes_exactly_once_to_an_s3_output(ray_cluster, s3, tmp_path):
+    """The tasks run in the shared cluster's workers, which have no AWS variables: they get the filesystem the
+    driver resolved from the job's storage section."""
+    from rayml import ingest
+    from rayml.ingest.plan import QUARANTINE_DIR, VALID_DIR
+    from rayml.kafka_broker import MockBroker, produce_fraud
+
+    out = s3.uri("ingest", "fraud")
+    with MockBroker() as broker:
+        summary = produce_fraud(broker.bootstrap, "s3-topic", 900, seed=3, bad_fraction=0.05)
+        job = load_job(REPO / "jobs" / "fraud_stream.yaml", [
+            "source.path=s3-topic", f"source.kafka.bootstrap_servers={broker.bootstrap}", f"ingest.output={out}",
+            "ingest.max_batch_messages=400", f"storage.s3.endpoint_url={s3.endpoint_url}",
+            "storage.s3.region=us-east-1"])
+        first = ingest.run(job, until_caught_up=True)
+        again = ingest.run(job, until_caught_up=True)  # caught up already: nothing new is written
+    assert first["valid"] + first["quarantined"] == 900 and first["quarantined"] == summary["bad_rows"] > 0
+    assert again["valid"] == again["quarantined"] == 0
+    valid = _read_parquet(f"{out}/{VALID_DIR}").column("transaction_id").to_pylist()
+    assert len(valid) == len(set(valid)) == first["valid"]
+    assert _read_parquet(f"{out}/{QUARANTINE_DIR}").num_rows == summary["bad_rows"]

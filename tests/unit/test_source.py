@@ -288,3 +288,13 @@ def test_csv_keeps_literal_na_text_in_string_columns(tmp_path):
     path.write_text("id,amount,kind\n1,2.5,NA\n2,2.5,null\n")
     out = read_all(path, "csv")
     assert out.column("kind").to_pylist() == ["NA", "null"]
+
+
+def test_file_groups_cover_every_file_once_in_order_in_at_most_parallelism_runs():
+    from rayml.source import file_groups
+
+    files = [f"f{i}" for i in range(10)]
+    assert file_groups(files, 4) == [files[0:3], files[3:6], files[6:8], files[8:10]]
+    assert file_groups(files, 200) == [[f] for f in files]
+    assert file_groups(files, 1) == [files]
+    assert file_groups([], 8) == []
