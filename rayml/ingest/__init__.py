@@ -174,7 +174,7 @@ class _Batches:
         self._args = (settings, self.topic)
         self._kwargs = {
             "columns": job.validation.columns, "max_message_bytes": kafka.max_message_bytes,
-            "output_uri": output.root if output.local else output.uri, "storage": output.storage,
+            "output_uri": output.root if output.local else output.uri, "filesystem": output.fs,
             "timestamp_column": config.timestamp_column, "timeout_s": config.read_timeout_s,
         }
 

@@ -137,9 +137,11 @@ class Output:
     """The ingest's output root: a local directory or s3:// (reached with the job's ``storage`` section or the
     AWS environment, as every other rayml path)."""
 
-    def __init__(self, uri: str, storage: StorageConfig | None = None) -> None:
-        self.uri, self.storage = uri, storage
-        self.fs, self.root = store.resolve(uri, storage)
+    def __init__(self, uri: str, storage: StorageConfig | None = None, filesystem: pafs.FileSystem | None = None
+                 ) -> None:
+        """``filesystem``: one the driver resolved already (Ray tasks get it: workers need no S3 settings)."""
+        self.uri = uri
+        self.fs, self.root = (filesystem, store.fs_path(uri)) if filesystem else store.resolve(uri, storage)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
 
     def path(self, *parts: str) -> str:

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyarrow.fs import FileSystem
 import pyarrow.parquet as pq
 
 from rayml.errors import DataValidationError
 from rayml.ingest.plan import QUARANTINE_DIR, VALID_DIR, OffsetRange, Output, file_name
 from rayml.kafka_source import validate_messages
-from rayml.storage import StorageConfig
 from rayml.validate import ERROR, ColumnSpec
 
 _US_PER_HOUR = 3_600_000_000
@@ -114,11 +114,12 @@ def write_files(output: Output, topic: str, offsets: OffsetRange, records: pa.Ta
 
 def ingest_range(settings: dict[str, Any], topic: str, offsets: OffsetRange, columns: list[ColumnSpec],
                  max_message_bytes: int, output_uri: str, timestamp_column: str, timeout_s: float,
-                 storage: StorageConfig | None = None) -> dict[str, Any]:
-    """Read, validate and write one range to ``output_uri`` (reached with ``storage``); return its counts."""
+                 filesystem: FileSystem | None = None) -> dict[str, Any]:
+    """Read, validate and write one range to ``output_uri`` (on ``filesystem``, which the driver resolved);
+    return its counts."""
     messages = read_range(settings, topic, offsets, timeout_s)
     records = validate_messages(messages, columns, max_message_bytes)
-    files = write_files(Output(output_uri, storage), topic, offsets, records, messages.column("timestamp"),
+    files = write_files(Output(output_uri, filesystem=filesystem), topic, offsets, records, messages.column("timestamp"),
                         timestamp_column)
     bad = records.num_rows - records.column(ERROR).null_count
     first = messages.column("offset")[0].as_py() if messages.num_rows else offsets.end
