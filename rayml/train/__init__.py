@@ -88,7 +88,8 @@ class TrainConfig(StrictModel):
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed for initialization, dropout and shuffling")
     max_failures: int = Field(2, ge=0, le=100, description="worker failures survived by restoring a checkpoint")
     cache: Literal["auto", "always", "never"] = Field(
-        "auto", description="hold the featurized splits in Ray's object store across epochs; auto = under 1 GiB"
+        "auto", description="hold the featurized splits in Ray's object store, and each worker's shard as tensors "
+        "after the first epoch; auto = under 1 GiB"
     )
 
     @model_validator(mode="after")
@@ -193,6 +194,9 @@ def loop_config(config: TrainConfig, *, input_dim: int, positive_weight: float, 
         "patience": config.early_stopping_patience,
         "seed": config.seed,
         "threads": max(1, int(config.cpus_per_worker)),
+        # Each worker keeps its shards as tensors after epoch 1 when the splits are small (see shard_cache).
+        "cache_shards": config.cache == "always" or (
+            config.cache == "auto" and train_rows * input_dim * 4 <= CACHE_AUTO_BYTES),
         "run_name": run_name,
         "tracking": tracking,  # {"tracker": Tracker.to_dict(), "run_id": ...}: rank 0 logs each epoch to MLflow
     }

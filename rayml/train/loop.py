@@ -22,6 +22,7 @@ from rayml.tracking import Tracker
 from rayml.models import ModelConfig, build_model, set_output_bias
 from rayml.train import checkpoint as ckpt
 from rayml.train import steps
+from rayml.train.shard_cache import ShardCache
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +59,26 @@ def train_loop(cfg: dict[str, Any]) -> None:
     loss_fn = steps.loss_function(cfg["task"], cfg["pos_weight"], device)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
+    # Small splits stay in memory as tensors after the first epoch (see shard_cache); others stream each epoch.
+    keep = bool(cfg.get("cache_shards"))
+    train_cache = ShardCache(cfg["batch_size"], ckpt.derived_seed(cfg["seed"], rank), shuffle=True, keep=keep)
+    val_cache = ShardCache(cfg["batch_size"], 0, shuffle=False, keep=keep)
 
     for epoch in range(progress.epoch, cfg["epochs"]):
         if progress.stopped_early:
             break
         started = time.perf_counter()
-        batches = train_shard.iter_torch_batches(
+        batches = train_cache.batches(epoch, lambda epoch=epoch: train_shard.iter_torch_batches(
             batch_size=cfg["batch_size"], dtypes=torch.float32, device=device,
             local_shuffle_buffer_size=4 * cfg["batch_size"], local_shuffle_seed=cfg["seed"] + epoch,
-        )
+        ))
         train_totals, taken = steps.train_epoch(
             model, batches, optimizer, scheduler, loss_fn, device=device, grad_clip=cfg["grad_clip"],
             precision=cfg["precision"], scaler=scaler,
         )
         train_seconds = time.perf_counter() - started
-        val_batches = val_shard.iter_torch_batches(batch_size=cfg["batch_size"], dtypes=torch.float32,
-                                                   device=device)
+        val_batches = val_cache.batches(epoch, lambda: val_shard.iter_torch_batches(
+            batch_size=cfg["batch_size"], dtypes=torch.float32, device=device))
         val_totals, hist = steps.validate_epoch(model, val_batches, loss_fn, device=device,
                                                 precision=cfg["precision"], task=cfg["task"])
         progress.global_step += taken

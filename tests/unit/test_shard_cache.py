@@ -1,0 +1,55 @@
+"""The training worker's shard cache: the first pass comes from the source, later ones from memory."""
+
+from __future__ import annotations
+
+import torch
+
+from rayml.train.shard_cache import ShardCache
+
+
+def source_of(rows: int, batch: int, calls: list[int]):
+    def source():
+        calls.append(1)
+        for start in range(0, rows, batch):
+            index = torch.arange(start, min(rows, start + batch))
+            yield {"features": index.float().unsqueeze(1), "label": index.float()}
+    return source
+
+
+def test_later_epochs_reshuffle_the_kept_rows_without_reading_the_source_again():
+    calls: list[int] = []
+    cache = ShardCache(batch_size=4, seed=7, shuffle=True)
+    first = list(cache.batches(0, source_of(10, 4, calls)))
+    assert [len(b["label"]) for b in first] == [4, 4, 2] and cache.rows == 10
+    second = list(cache.batches(1, source_of(10, 4, calls)))
+    third = list(cache.batches(2, source_of(10, 4, calls)))
+    assert len(calls) == 1  # only the first epoch read the source
+    for epoch in (second, third):
+        labels = torch.cat([b["label"] for b in epoch])
+        assert [len(b["label"]) for b in epoch] == [4, 4, 2]
+        assert sorted(labels.tolist()) == list(range(10))  # every row once
+        assert torch.equal(torch.cat([b["features"] for b in epoch]).squeeze(1), labels)  # rows stay whole
+    assert not torch.equal(torch.cat([b["label"] for b in second]), torch.cat([b["label"] for b in third]))
+    again = ShardCache(batch_size=4, seed=7, shuffle=True)
+    list(again.batches(0, source_of(10, 4, [])))
+    assert torch.equal(torch.cat([b["label"] for b in again.batches(1, source_of(10, 4, []))]),
+                       torch.cat([b["label"] for b in second]))  # seeded per epoch
+
+
+def test_validation_keeps_its_order_and_keep_false_always_streams():
+    calls: list[int] = []
+    ordered = ShardCache(batch_size=3, seed=0, shuffle=False)
+    list(ordered.batches(0, source_of(7, 3, calls)))
+    assert torch.cat([b["label"] for b in ordered.batches(1, source_of(7, 3, calls))]).tolist() == list(range(7))
+    streaming = ShardCache(batch_size=3, seed=0, shuffle=True, keep=False)
+    for epoch in range(3):
+        assert len(list(streaming.batches(epoch, source_of(7, 3, calls)))) == 3
+    assert len(calls) == 4 and streaming.rows == 0
+
+
+def test_an_abandoned_first_pass_keeps_nothing():
+    cache = ShardCache(batch_size=2, seed=0, shuffle=True)
+    batches = cache.batches(0, source_of(6, 2, []))
+    next(batches)
+    batches.close()
+    assert cache.rows == 0
