@@ -68,10 +68,11 @@ def train_loop(cfg: dict[str, Any]) -> None:
         if progress.stopped_early:
             break
         started = time.perf_counter()
-        batches = train_cache.batches(epoch, lambda epoch=epoch: train_shard.iter_torch_batches(
-            batch_size=cfg["batch_size"], dtypes=torch.float32, device=device,
-            local_shuffle_buffer_size=4 * cfg["batch_size"], local_shuffle_seed=cfg["seed"] + epoch,
-        ))
+        # Streamed, the shard is shuffled locally (seeded); kept, the cache shuffles it (see shard_cache).
+        shuffle = {} if keep else {"local_shuffle_buffer_size": 4 * cfg["batch_size"],
+                                   "local_shuffle_seed": cfg["seed"] + epoch}
+        batches = train_cache.batches(epoch, lambda shuffle=shuffle: train_shard.iter_torch_batches(
+            batch_size=cfg["batch_size"], dtypes=torch.float32, device=device, **shuffle))
         train_totals, taken = steps.train_epoch(
             model, batches, optimizer, scheduler, loss_fn, device=device, grad_clip=cfg["grad_clip"],
             precision=cfg["precision"], scaler=scaler,

@@ -2,9 +2,11 @@
 
 Ray Data streams a shard through ``iter_torch_batches`` every epoch: for a small model on a small split that
 costs more than the training steps (benchmarks/train.py measured the fraud MLP at 0.23x a single process that
-holds its rows in memory). A split under ``train.cache``'s size limit is kept instead: the first epoch reads it
-from Ray Data as usual and keeps each batch; later epochs reshuffle the kept rows (seeded per epoch) and cut
-them into batches of the same size, with no Ray Data in the way.
+holds its rows in memory). A split under ``train.cache``'s size limit is kept instead: the first epoch reads the
+whole shard from Ray Data in its (deterministic) stored order, and every epoch, the first included, takes the
+kept rows in an order seeded by the epoch, cut into batches of the same size. An epoch's order therefore does
+not depend on whether the cache was already warm, so a run resumed at epoch 3 trains on what an uninterrupted
+run would have.
 """
 
 from __future__ import annotations
@@ -29,19 +31,15 @@ class ShardCache:
         return 0 if self.columns is None else len(next(iter(self.columns.values())))
 
     def batches(self, epoch: int, source: Callable[[], Iterable[Batch]]) -> Iterator[Batch]:
-        """One epoch's batches. The first call reads ``source()`` and keeps what it yields (only when the
-        pass runs to the end: an abandoned pass keeps nothing)."""
+        """One epoch's batches; ``source()`` gives the shard in its stored order (read once, when ``keep``)."""
         if not self.keep:
             yield from source()
             return
         if self.columns is None:
-            kept: list[Batch] = []
-            for batch in source():
-                kept.append(batch)
-                yield batch
-            if kept:
-                self.columns = {name: torch.cat([b[name] for b in kept]) for name in kept[0]}
-            return
+            kept = list(source())
+            if not kept:
+                return
+            self.columns = {name: torch.cat([b[name] for b in kept]) for name in kept[0]}
         rows = self.rows
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + epoch)

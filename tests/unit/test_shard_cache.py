@@ -21,6 +21,7 @@ def test_later_epochs_reshuffle_the_kept_rows_without_reading_the_source_again()
     cache = ShardCache(batch_size=4, seed=7, shuffle=True)
     first = list(cache.batches(0, source_of(10, 4, calls)))
     assert [len(b["label"]) for b in first] == [4, 4, 2] and cache.rows == 10
+    assert torch.cat([b["label"] for b in first]).tolist() != list(range(10))  # epoch 0 is shuffled too
     second = list(cache.batches(1, source_of(10, 4, calls)))
     third = list(cache.batches(2, source_of(10, 4, calls)))
     assert len(calls) == 1  # only the first epoch read the source
@@ -47,9 +48,11 @@ def test_validation_keeps_its_order_and_keep_false_always_streams():
     assert len(calls) == 4 and streaming.rows == 0
 
 
-def test_an_abandoned_first_pass_keeps_nothing():
-    cache = ShardCache(batch_size=2, seed=0, shuffle=True)
-    batches = cache.batches(0, source_of(6, 2, []))
-    next(batches)
-    batches.close()
-    assert cache.rows == 0
+def test_an_epoch_order_does_not_depend_on_a_warm_cache():
+    """A run resumed at epoch 2 fills its cache then; its epoch-2 batches must be the uninterrupted run's."""
+    warm = ShardCache(batch_size=4, seed=3, shuffle=True)
+    for epoch in (0, 1):
+        uninterrupted = [b["label"].tolist() for b in warm.batches(epoch, source_of(10, 4, []))]
+    resumed = ShardCache(batch_size=4, seed=3, shuffle=True)
+    assert [b["label"].tolist() for b in resumed.batches(1, source_of(10, 4, []))] == uninterrupted
+    assert list(ShardCache(batch_size=4, seed=3, shuffle=True).batches(0, lambda: iter([]))) == []
