@@ -166,9 +166,7 @@ class Tracker:
                   history: list[Mapping[str, Any]], status: str = "FINISHED") -> None:
         """A finished run nested under ``parent_id`` (e.g. one Tune trial): its ``params`` and each entry of
         ``history`` as that epoch's metrics (the entries' numeric values, at step ``epoch``)."""
-        state = status.upper()
-        if state not in STATUSES:
-            raise RaymlError(f"tracking status {status!r} is not one of {', '.join(STATUSES)}")
+        state = _terminal_status(status)
 
         def log_all(client: Any) -> None:
             parent = client.get_run(parent_id)
@@ -185,9 +183,7 @@ class Tracker:
 
     def finish(self, run_id: str | None, status: str = "FINISHED") -> None:
         """End the run with ``status`` FINISHED, FAILED or KILLED (a resume sets it RUNNING again)."""
-        state = status.upper()
-        if state not in STATUSES:
-            raise RaymlError(f"tracking status {status!r} is not one of {', '.join(STATUSES)}")
+        state = _terminal_status(status)
         self._safely("run status", run_id, lambda client: client.set_terminated(run_id, status=state))
 
     def _saved_run(self, client: Any, run_dir: Path) -> str | None:
@@ -251,6 +247,14 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001 - tracking must not end a training run
             log.warning("tracking: could not log %s to MLflow run %s at %s: %s", what, run_id,
                         self.tracking_uri, exc)
+
+
+def _terminal_status(status: str) -> str:
+    """``status`` as MLflow names it: FINISHED, FAILED or KILLED."""
+    state = status.upper()
+    if state not in STATUSES:
+        raise RaymlError(f"tracking status {status!r} is not one of {', '.join(STATUSES)}")
+    return state
 
 
 def default_uri(runs_root: str | Path) -> str:

@@ -119,8 +119,8 @@ def ingest_range(settings: dict[str, Any], topic: str, offsets: OffsetRange, col
     return its counts."""
     messages = read_range(settings, topic, offsets, timeout_s)
     records = validate_messages(messages, columns, max_message_bytes)
-    files = write_files(Output(output_uri, filesystem=filesystem), topic, offsets, records, messages.column("timestamp"),
-                        timestamp_column)
+    output = Output(output_uri, filesystem=filesystem)
+    files = write_files(output, topic, offsets, records, messages.column("timestamp"), timestamp_column)
     bad = records.num_rows - records.column(ERROR).null_count
     first = messages.column("offset")[0].as_py() if messages.num_rows else offsets.end
     return {
