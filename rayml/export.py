@@ -48,20 +48,39 @@ def export_onnx(model: torch.nn.Module, input_dim: int, path: str | Path, opset:
     wrapped = Probability(model, task).eval()
     example = torch.zeros(2, input_dim, dtype=torch.float32)
     target = Path(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            wrapped,
-            (example,),
-            str(target),
-            input_names=[INPUT_NAME],
-            output_names=[output_name(task)],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            opset_version=opset,
-            external_data=False,
-            verbose=False,
-        )
+    torch_onnx_export(
+        wrapped,
+        (example,),
+        str(target),
+        input_names=[INPUT_NAME],
+        output_names=[output_name(task)],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        opset_version=opset,
+        external_data=False,
+        verbose=False,
+    )
     return target
+
+
+AST_RACE = "AST constructor recursion depth mismatch"
+
+
+def torch_onnx_export(*args: Any, **kwargs: Any) -> None:
+    """``torch.onnx.export`` (warnings silenced), retried on CPython 3.11's spurious SystemError "AST constructor
+    recursion depth mismatch" (python/cpython#106905). The exporter parses the source of hundreds of torchlib
+    functions with ``ast.parse``; 3.11's AST converter keeps its recursion depth in interpreter-wide state, so
+    another thread of a Ray driver that parses or compiles code at the same moment can trip the check. The
+    exporter itself did nothing wrong, so the same call is made again (twice at most)."""
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(*args, **kwargs)
+            return
+        except SystemError as exc:
+            if AST_RACE not in str(exc) or attempt == 2:
+                raise
+            log.warning("export: torch.onnx.export hit CPython 3.11's AST recursion-depth race (%s); retrying", exc)
 
 
 def onnx_session(

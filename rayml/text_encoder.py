@@ -410,7 +410,7 @@ def export_text_onnx(model: torch.nn.Module, path: str | Path, opset: int = 18, 
     ``sentence_embedding`` for an encoder and ``logits`` otherwise, unless ``output_name`` says (not
     ``embedding``: the exporter already names an internal value so, and the graph would be invalid).
     """
-    import warnings
+    from rayml.export import torch_onnx_export
 
     encoder = model if isinstance(model, SentenceEncoder) else getattr(model, "encoder", None)
     longest = encoder.config.max_position_embeddings if isinstance(encoder, SentenceEncoder) else 512
@@ -419,13 +419,11 @@ def export_text_onnx(model: torch.nn.Module, path: str | Path, opset: int = 18, 
     mask = (torch.arange(16) < torch.tensor([[16], [9]])).long()
     batch, seq = torch.export.Dim("batch", min=1, max=1 << 20), torch.export.Dim("sequence", min=2, max=longest)
     target = Path(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model.eval(), (ids, mask), str(target), input_names=list(INPUT_NAMES), output_names=[name],
-            dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}), opset_version=opset, dynamo=True,
-            external_data=False, verbose=False,
-        )
+    torch_onnx_export(
+        model.eval(), (ids, mask), str(target), input_names=list(INPUT_NAMES), output_names=[name],
+        dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}), opset_version=opset, dynamo=True,
+        external_data=False, verbose=False,
+    )
     return target
 
 

@@ -54,3 +54,38 @@ def test_parity_rejects_an_empty_sample(exported):
     model, path = exported
     with pytest.raises(ParityError, match="non-empty"):
         parity(model, path, np.zeros((0, 7), np.float32), tolerance=1e-4)
+
+
+def test_export_retries_cpythons_ast_race_and_nothing_else(monkeypatch, tmp_path):
+    from rayml import export
+
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise SystemError("AST constructor recursion depth mismatch (before=165, after=74)")
+
+    monkeypatch.setattr(export.torch.onnx, "export", flaky)
+    export.torch_onnx_export("model", ())
+    assert len(calls) == 2
+
+    def always(*args, **kwargs):
+        calls.append(1)
+        raise SystemError("AST constructor recursion depth mismatch (before=1, after=2)")
+
+    calls.clear()
+    monkeypatch.setattr(export.torch.onnx, "export", always)
+    with pytest.raises(SystemError):
+        export.torch_onnx_export("model", ())
+    assert len(calls) == 3  # given up after three tries
+
+    def other(*args, **kwargs):
+        calls.append(1)
+        raise SystemError("something else")
+
+    calls.clear()
+    monkeypatch.setattr(export.torch.onnx, "export", other)
+    with pytest.raises(SystemError, match="something else"):
+        export.torch_onnx_export("model", ())
+    assert len(calls) == 1
