@@ -224,11 +224,10 @@ def fit(
     ``storage_dir`` is a local directory or an s3:// URI (reached with ``storage``; Ray Train's workers get the
     resolved filesystem); checkpoint paths come back in the same form.
 
-    ``train_rows`` (rows of the train split) sizes the LR schedule; ``run_name`` tags the ``rayml_train_*``
-    metrics; ``task``, ``outputs`` (logits per row) and ``layout`` (the featurizer state's) shape the model and
-    its loss; ``output_bias`` is where the model's output starts (see ``output_bias``). Returns the chosen ``checkpoint`` (best by ``config.checkpoint_metric``) and why
-    (``checkpoint_choice``), the ``last_checkpoint``, the per-epoch ``history``, ``attempts``, ``global_step``,
-    ``stopped_early``, ``use_gpu`` and ``worker_nodes`` (the Ray node id of each rank).
+    ``train_rows`` sizes the LR schedule; ``run_name`` tags the ``rayml_train_*`` metrics; ``task``, ``outputs``,
+    ``layout`` and ``output_bias`` shape the model and its loss (see ``loop_config``). Returns the chosen
+    ``checkpoint`` (best by ``config.checkpoint_metric``) and why (``checkpoint_choice``), the ``last_checkpoint``,
+    ``history``, ``attempts``, ``global_step``, ``stopped_early``, ``use_gpu`` and ``worker_nodes``.
     """
     import ray
     import ray.train
