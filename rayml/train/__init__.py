@@ -245,10 +245,8 @@ def fit(
                                       layout=layout, tracking=tracking, output_bias=output_bias),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=config.num_workers,
-            use_gpu=gpu,
+            num_workers=config.num_workers, use_gpu=gpu, placement_strategy=config.placement_strategy,
             resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if gpu else {})},
-            placement_strategy=config.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=RAY_RUN_NAME,
