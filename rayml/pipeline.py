@@ -182,24 +182,15 @@ def run(job: JobConfig, *, through: Literal["train", "register"] = "register") -
     run_dir = start(job)
     started = time.perf_counter()
     tracker = Tracker.from_config(job.tracking, job.run.root, job.name)
-    run_id = tracker.start(run_dir, store.basename(run_dir), job.model_dump(mode="json", exclude={"tracking"}))
-    status = "FAILED"
-    try:
+    with tracker.run(run_dir, store.basename(run_dir), job.model_dump(mode="json", exclude={"tracking"})) as run_id:
         validated, featurized = prepare(job, run_dir)
         trained = _stage(run_dir, "train", [featurized["fingerprint"], job.train],
                          lambda out: _train(job, featurized, out, {"tracker": tracker.to_dict(), "run_id": run_id}),
                          job.storage)
         if through == "train":
-            status = "FINISHED"
             return trained
         registered = finish(job, run_dir, validated, featurized, trained)
         log_outcome(job, run_dir, registered, tracker, run_id)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.finish(run_id, status)
     log.info("registered %s (%.0f s in all)", registered["version_dir"], time.perf_counter() - started)
     return registered
 

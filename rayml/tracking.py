@@ -27,7 +27,8 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -128,6 +129,21 @@ class Tracker:
             log.info("tracking: continuing MLflow run %s", run_id)
         self._log_new_params(client, run_id, flatten(params))
         return run_id
+
+    @contextmanager
+    def run(self, run_dir: str | Path, run_name: str, params: Mapping[str, Any]) -> Iterator[str | None]:
+        """``start`` the run, then ``finish`` it when the block ends: FINISHED, KILLED on Ctrl-C, FAILED on
+        any other error (which goes on up)."""
+        run_id = self.start(run_dir, run_name, params)
+        status = "FAILED"
+        try:
+            yield run_id
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            self.finish(run_id, status)
 
     def log_epoch(self, run_id: str | None, epoch: int, metrics: Mapping[str, Any]) -> None:
         """Log one epoch's numeric metrics at step ``epoch`` (from the driver or a rank-0 worker)."""

@@ -60,9 +60,7 @@ def run(job: pipeline.JobConfig) -> dict[str, Any]:
         raise ConfigError(problems, "tune")
     run_dir = pipeline.start(job)
     tracker = Tracker.from_config(job.tracking, job.run.root, job.name)
-    run_id = tracker.start(run_dir, run_dir.name, job.model_dump(mode="json", exclude={"tracking"}))
-    status = "FAILED"
-    try:
+    with tracker.run(run_dir, run_dir.name, job.model_dump(mode="json", exclude={"tracking"})) as run_id:
         validated, featurized = pipeline.prepare(job, run_dir)
         tune_dir = run_dir / TUNE_DIR
         fingerprint = artifacts.fingerprint([featurized["fingerprint"], job.train.model_dump(mode="json"),
@@ -84,12 +82,6 @@ def run(job: pipeline.JobConfig) -> dict[str, Any]:
         best_job = parse(pipeline.JobConfig, best_data, source=str(best_path))
         registered = pipeline.finish(best_job, run_dir, validated, featurized, done["trained"])
         pipeline.log_outcome(best_job, run_dir, registered, tracker, run_id)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.finish(run_id, status)
     log.info("tune: registered the best trial (%s) at %s", done["best"]["trial_id"], registered["version_dir"])
     return {"rows": done["rows"], "best": done["best"], "metric": metric, "registered": registered,
             "results_csv": done["results_csv"], "results_json": done["results_json"], "best_job": str(best_path)}

@@ -190,3 +190,13 @@ def test_config_rejects_a_uri_without_a_scheme() -> None:
         parse(TrackingConfig, {"tracking_uri": "/tmp/mlruns"}, source="tracking")
     with pytest.raises(ConfigError, match="unknown key"):
         parse(TrackingConfig, {"uri": "http://x"}, source="tracking")
+
+
+def test_a_tracked_block_ends_its_run_finished_killed_or_failed(tracker, client, tmp_path) -> None:
+    with tracker.run(tmp_path / "ok", "ok", {}) as ok:
+        pass
+    with pytest.raises(KeyboardInterrupt), tracker.run(tmp_path / "stopped", "stopped", {}) as stopped:
+        raise KeyboardInterrupt
+    with pytest.raises(ValueError), tracker.run(tmp_path / "broken", "broken", {}) as broken:
+        raise ValueError("boom")
+    assert [client.get_run(r).info.status for r in (ok, stopped, broken)] == ["FINISHED", "KILLED", "FAILED"]
