@@ -7,19 +7,20 @@ import logging
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 from pydantic import Field
 
 from rayml import storage as store
 from rayml.config import StrictModel
 from rayml.errors import ParityError
-from rayml.models import Probability
 from rayml.run_dir import dataset_path, filesystem, staged
 from rayml.storage import StorageConfig
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ class ExportConfig(StrictModel):
 def export_onnx(model: torch.nn.Module, input_dim: int, path: str | Path, opset: int = 18,
                 task: str = "binary") -> Path:
     """Export ``model`` (logits) as an ONNX graph ``features[batch, input_dim] -> output_name(task)``."""
+    import torch
+
+    from rayml.models import Probability
+
     wrapped = Probability(model, task).eval()
     example = torch.zeros(2, input_dim, dtype=torch.float32)
     target = Path(path)
@@ -71,6 +76,8 @@ def torch_onnx_export(*args: Any, **kwargs: Any) -> None:
     functions with ``ast.parse``; 3.11's AST converter keeps its recursion depth in interpreter-wide state, so
     another thread of a Ray driver that parses or compiles code at the same moment can trip the check. The
     exporter itself did nothing wrong, so the same call is made again (twice at most)."""
+    import torch
+
     for attempt in range(3):
         try:
             with warnings.catch_warnings():
@@ -107,6 +114,10 @@ def parity(model: torch.nn.Module, onnx_path: str | Path, features: np.ndarray, 
     """Compare torch and onnxruntime outputs on ``features``; raise ParityError past ``tolerance``."""
     if features.ndim != 2 or features.shape[0] == 0:
         raise ParityError(f"parity needs a non-empty [rows, features] matrix, got shape {features.shape}")
+    import torch
+
+    from rayml.models import Probability
+
     wrapped = Probability(model, task).eval()
     with torch.no_grad():
         expected = wrapped(torch.from_numpy(features.astype(np.float32))).numpy()

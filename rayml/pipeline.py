@@ -32,7 +32,7 @@ from rayml.featurize import FeaturizeConfig
 from rayml.ingest import IngestConfig
 from rayml.evaluate import task_stage
 from rayml.export import output_name
-from rayml.models import WEIGHTS_FILE, output_count
+from rayml.model_config import WEIGHTS_FILE, output_count
 from rayml.predictor import FEATURIZER_FILE, MODEL_FILE
 from rayml.runtime import RuntimeConfig
 from rayml.source import SourceConfig
@@ -40,7 +40,7 @@ from rayml.storage import StorageConfig
 from rayml.split import SplitConfig
 from rayml.tracking import Tracker, TrackingConfig
 from rayml.train import TrainConfig
-from rayml.train.steps import TASK_METRICS
+from rayml.train.choices import TASK_METRICS
 from rayml.tune import TuneConfig
 from rayml.validate import ValidateConfig
 

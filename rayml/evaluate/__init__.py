@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, field_validator
 
 from rayml.config import StrictModel
 from rayml.evaluate import curves
 from rayml.evaluate.plots import plot_curves
-from rayml.models import ModelConfig, Probability, load_trained
+from rayml.model_config import ModelConfig
 from rayml.run_dir import filesystem, staged
 from rayml.storage import StorageConfig
 
@@ -53,6 +52,10 @@ class _Scorer:
         self, checkpoint_dir: str, model: dict[str, Any], input_dim: int, reference: str | None,
         threshold: float | None, layout: list[dict[str, Any]] | None = None, filesystem: Any = None,
     ) -> None:
+        import torch
+
+        from rayml.models import Probability, load_trained
+
         torch.set_num_threads(1)
         trained = load_trained(checkpoint_dir, ModelConfig(**model), input_dim, 1, layout, filesystem)
         self.model = Probability(trained).eval()
@@ -60,6 +63,8 @@ class _Scorer:
         self.threshold = threshold
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
         with torch.no_grad():
             probs = self.model(torch.tensor(np.asarray(batch["features"]), dtype=torch.float32)).numpy()
         labels = np.asarray(batch["label"])

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from rayml.evaluate.task_plots import plot_confusion_matrix, plot_regression
 from rayml.evaluate.tasks import MulticlassAccumulator, RegressionAccumulator
-from rayml.models import ModelConfig, Probability, load_trained
+from rayml.model_config import ModelConfig
 from rayml.run_dir import filesystem, staged
 from rayml.storage import StorageConfig
 
@@ -32,12 +31,18 @@ class _Accumulate:
     def __init__(self, checkpoint_dir: str, model: dict[str, Any], input_dim: int, outputs: int,
                  layout: list[dict[str, Any]], task: str, classes: list[str] | None, baseline: float,
                  filesystem: Any = None) -> None:
+        import torch
+
+        from rayml.models import Probability, load_trained
+
         torch.set_num_threads(1)
         trained = load_trained(checkpoint_dir, ModelConfig(**model), input_dim, outputs, layout, filesystem)
         self.model = Probability(trained, task).eval()
         self.task, self.classes, self.baseline = task, classes, baseline
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
         with torch.no_grad():
             out = self.model(torch.tensor(np.asarray(batch["features"]), dtype=torch.float32)).numpy()
         labels = np.asarray(batch["label"])

@@ -22,10 +22,10 @@ from pydantic import Field, model_validator
 from rayml import storage as store
 from rayml.config import StrictModel
 from rayml.errors import ConfigError
-from rayml.models import ModelConfig
+from rayml.model_config import ModelConfig
 from rayml.storage import StorageConfig
-from rayml.train.checkpoint import read_progress
-from rayml.train.steps import MODES, CheckpointMetric, Precision, Schedule, improves
+from rayml.train.progress import read_progress
+from rayml.train.choices import MODES, CheckpointMetric, Precision, Schedule, improves
 
 if TYPE_CHECKING:
     import ray.data

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,31 +19,10 @@ import numpy as np
 import torch
 
 from rayml.errors import ConfigError
-from rayml.models import WEIGHTS_FILE
-
-OPTIMIZER_FILE = "optimizer.pt"
-STATE_FILE = "state.json"
-RNG_FILE = "rng.json"
-
-
-@dataclass
-class Progress:
-    """Everything a checkpoint holds besides tensors: where training stands and how it got there.
-
-    ``rng`` holds one ``rng_state()`` per rank, in rank order. ``worker_nodes`` (the Ray node of each rank in
-    the attempt that wrote it) is provenance; ``attempts`` counts the loop's starts, so a restart knows its
-    own number.
-    """
-
-    epoch: int = 0
-    global_step: int = 0
-    history: list[dict] = field(default_factory=list)
-    attempts: int = 1
-    worker_nodes: list[str] = field(default_factory=list)
-    stopped_early: bool = False
-    scheduler: dict[str, Any] = field(default_factory=dict)
-    scaler: dict[str, Any] = field(default_factory=dict)
-    rng: list[dict[str, Any]] = field(default_factory=list)
+from rayml.model_config import WEIGHTS_FILE
+from rayml.train.progress import (  # noqa: F401 (re-exported)
+    OPTIMIZER_FILE, RNG_FILE, STATE_FILE, Progress, read_progress,
+)
 
 
 def save_checkpoint(
@@ -88,15 +67,6 @@ def load_checkpoint(
     if scaler is not None and progress.scaler:
         scaler.load_state_dict(progress.scaler)
     return progress
-
-
-def read_progress(directory: Path) -> Progress:
-    """The JSON part of a checkpoint (state.json and rng.json), without touching tensors."""
-    state = json.loads((directory / STATE_FILE).read_text())
-    rng_path = directory / RNG_FILE
-    rng = json.loads(rng_path.read_text())["ranks"] if rng_path.is_file() else []
-    known = set(Progress.__dataclass_fields__) - {"rng"}
-    return Progress(**{k: v for k, v in state.items() if k in known}, rng=rng)
 
 
 def derived_seed(seed: int, rank: int) -> int:

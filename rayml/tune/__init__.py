@@ -106,7 +106,7 @@ class TuneConfig(StrictModel):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str | None) -> str | None:
-        from rayml.train.steps import MODES
+        from rayml.train.choices import MODES
 
         if value is not None and value not in MODES:
             raise ValueError(f"unknown metric {value!r}; use one of {', '.join(MODES)}")

@@ -26,10 +26,10 @@ import yaml
 from rayml import artifacts, featurize, pipeline, train
 from rayml.config import parse
 from rayml.errors import ConfigError, RaymlError
-from rayml.models import WEIGHTS_FILE, output_count
+from rayml.model_config import WEIGHTS_FILE, output_count
 from rayml.tracking import Tracker
-from rayml.train.checkpoint import STATE_FILE, read_progress
-from rayml.train.steps import MODES
+from rayml.train.progress import STATE_FILE, read_progress
+from rayml.train.choices import MODES
 from rayml.tune import results, space
 
 log = logging.getLogger("rayml")

@@ -35,7 +35,7 @@ SIGNIFICANT = 4  # sampled floats are rounded to this many significant digits: r
 
 def key_problem(key: str) -> str | None:
     """Why ``key`` cannot be in the space, or None."""
-    from rayml.models import ModelConfig
+    from rayml.model_config import ModelConfig
     from rayml.train import TrainConfig
 
     if key in FIXED:
@@ -55,7 +55,7 @@ def key_problem(key: str) -> str | None:
 
 def field_of(key: str) -> FieldInfo:
     """The pydantic field a (valid) space key sets."""
-    from rayml.models import ModelConfig
+    from rayml.model_config import ModelConfig
     from rayml.train import TrainConfig
 
     parts = key.split(".")
@@ -112,7 +112,7 @@ def tune_metric(job: JobConfig) -> str:
 def check(job: JobConfig, samples: list[dict[str, Any]]) -> list[str]:
     """Every problem of ``job.tune`` against the rest of the job: the metric, ASHA's rungs, and each value a
     sample can take (the edges of every distribution, then every sampled config) as a train config."""
-    from rayml.train.steps import TASK_METRICS
+    from rayml.train.choices import TASK_METRICS
 
     tune = job.tune
     if tune is None:

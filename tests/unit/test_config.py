@@ -248,3 +248,22 @@ def test_yaml_file_plus_overrides_end_to_end(tmp_path):
     job = parse(Job, apply_overrides(load_yaml(path), ["train.epochs=4", "items=[{name: a}]"]), str(path))
     assert job.train == Train(lr=0.1, epochs=4)
     assert job.items == [Item(name="a")]
+
+
+def test_loading_every_shipped_job_and_the_cli_imports_neither_torch_nor_ray_data():
+    """`rayml ingest`, `rayml check` and the serve replicas load jobs on their start-up path: torch (~1 s) and
+    Ray Data belong to the stages that need them, not to reading a config."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    jobs = sorted(str(p) for p in (Path(__file__).resolve().parents[2] / "jobs").glob("*.yaml"))
+    code = ("import sys, rayml.cli, rayml.ingest, rayml.serve.deployment, rayml.tune.search\n"
+            "from rayml import pipeline\n"
+            f"for path in {jobs!r}:\n"
+            "    pipeline.load_job(path, [])\n"
+            "print(sorted(m for m in ('torch', 'ray.data', 'ray.train') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert len(jobs) >= 8

@@ -66,7 +66,7 @@ def test_export_retries_cpythons_ast_race_and_nothing_else(monkeypatch, tmp_path
         if len(calls) == 1:
             raise SystemError("AST constructor recursion depth mismatch (before=165, after=74)")
 
-    monkeypatch.setattr(export.torch.onnx, "export", flaky)
+    monkeypatch.setattr(torch.onnx, "export", flaky)
     export.torch_onnx_export("model", ())
     assert len(calls) == 2
 
@@ -75,7 +75,7 @@ def test_export_retries_cpythons_ast_race_and_nothing_else(monkeypatch, tmp_path
         raise SystemError("AST constructor recursion depth mismatch (before=1, after=2)")
 
     calls.clear()
-    monkeypatch.setattr(export.torch.onnx, "export", always)
+    monkeypatch.setattr(torch.onnx, "export", always)
     with pytest.raises(SystemError):
         export.torch_onnx_export("model", ())
     assert len(calls) == 3  # given up after three tries
@@ -85,7 +85,7 @@ def test_export_retries_cpythons_ast_race_and_nothing_else(monkeypatch, tmp_path
         raise SystemError("something else")
 
     calls.clear()
-    monkeypatch.setattr(export.torch.onnx, "export", other)
+    monkeypatch.setattr(torch.onnx, "export", other)
     with pytest.raises(SystemError, match="something else"):
         export.torch_onnx_export("model", ())
     assert len(calls) == 1
