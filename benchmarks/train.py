@@ -12,6 +12,11 @@ gradient clipping and global batch: Ray Train's 2 workers take ``batch_size`` ro
 steps on ``2 x batch_size`` rows; the baseline holds the featurized rows as tensors in memory and reshuffles them
 every epoch. Runs alternate (Ray, baseline, Ray, ...) and the table shows medians of ``--repeats``.
 
+A third column, plain DDP, runs the same steps in 2 processes (``torch.multiprocessing``, 1 thread each, gloo over
+127.0.0.1, no Ray), each on its equal contiguous share of the rows reshuffled every epoch: what DDP itself costs on
+this machine, so the table separates Ray Train's overhead (Ray Train vs plain DDP) from data parallelism's
+(plain DDP vs one process).
+
 - train rows/s: rows / seconds of the training passes (the loop's own ``samples_per_second`` on the Ray side:
   all ranks' rows over rank 0's train-phase time), all epochs.
 - end-to-end rows/s: rows x epochs / wall time of the whole call (Ray: ``rayml.train.fit``, with worker start,
@@ -258,6 +263,61 @@ def baseline_run(work: dict[str, Any], config: Any, tensors: dict[str, Any], wor
             "final": {"val_loss": float(val[0] / val[1])}}
 
 
+def ddp_run(work: dict[str, Any], config: Any, tensors: dict[str, Any], workers: int) -> dict[str, Any]:
+    """The same training as plain PyTorch DDP: ``workers`` processes x 1 thread, gloo, no Ray."""
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    setup = {"model": config.model.model_dump(), "input_dim": work["input_dim"], "outputs": work["outputs"],
+             "layout": work["layout"], "task": work["task"], "pos_weight": work["pos_weight"], "lr": config.lr,
+             "weight_decay": config.weight_decay, "schedule": config.schedule, "batch": config.batch_size,
+             "epochs": config.epochs, "grad_clip": config.grad_clip, "seed": config.seed, "port": free_port(),
+             "train": [t.numpy() for t in tensors["train"]]}
+    mp.start_processes(ddp_worker, args=(workers, setup, queue), nprocs=workers, join=True, start_method="spawn")
+    return queue.get()
+
+
+def ddp_worker(rank: int, world: int, setup: dict[str, Any], queue: Any) -> None:
+    """One plain-DDP rank (see ``ddp_run``); rank 0 puts the train rows/s on ``queue``."""
+    import torch
+    import torch.distributed as dist
+
+    from rayml.models import ModelConfig, build_model
+    from rayml.train import steps
+    from rayml.train.checkpoint import seed_all
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{setup['port']}", rank=rank, world_size=world)
+    seed_all(setup["seed"])
+    device = torch.device("cpu")
+    model = torch.nn.parallel.DistributedDataParallel(build_model(
+        ModelConfig(**setup["model"]), setup["input_dim"], setup["outputs"], setup["layout"]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=setup["lr"], weight_decay=setup["weight_decay"])
+    x, y = (torch.from_numpy(a) for a in setup["train"])
+    share = len(y) // world
+    x, y = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]
+    batch = setup["batch"]
+    scheduler = steps.build_scheduler(optimizer, schedule=setup["schedule"], warmup_steps=0,
+                                      total_steps=setup["epochs"] * -(-share // batch))
+    loss_fn = steps.loss_function(setup["task"], setup["pos_weight"], device)
+    generator = torch.Generator().manual_seed(setup["seed"] + rank)
+    seconds, rows = 0.0, 0
+    for _ in range(setup["epochs"]):
+        order = torch.randperm(share, generator=generator)
+        dist.barrier()
+        started = time.perf_counter()
+        batches = ({"features": x[order[i:i + batch]], "label": y[order[i:i + batch]]}
+                   for i in range(0, share, batch))
+        totals, _ = steps.train_epoch(model, batches, optimizer, scheduler, loss_fn, device=device,
+                                      grad_clip=setup["grad_clip"])
+        seconds += time.perf_counter() - started
+        rows += int(totals[1]) * world
+    if rank == 0:
+        queue.put({"train_rps": rows / seconds})
+    dist.destroy_process_group()
+
+
 def as_tensors(work: dict[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -274,12 +334,14 @@ def compare(work: dict[str, Any], epochs: int, repeats: int, plain_repeats: int)
     config = work["train_config"].model_copy(update={"epochs": epochs, "num_workers": 2, "cpus_per_worker": 1.0,
                                                      "cache": "always", "early_stopping_patience": None})
     tensors = as_tensors(work)
-    ray_runs, base_runs, plain_runs = [], [], []
+    ray_runs, base_runs, plain_runs, ddp_runs = [], [], [], []
     for i in range(repeats):
         ray_runs.append(ray_run(work, config))
         base_runs.append(baseline_run(work, config, tensors, workers=2))
+        ddp_runs.append(ddp_run(work, config, tensors, workers=2))
         print(f"  {work['name']} repeat {i + 1}: ray {ray_runs[-1]['train_rps']:.0f} rows/s, baseline "
-              f"{base_runs[-1]['train_rps']:.0f} rows/s", flush=True)
+              f"{base_runs[-1]['train_rps']:.0f} rows/s, plain DDP {ddp_runs[-1]['train_rps']:.0f} rows/s",
+              flush=True)
     for _ in range(plain_repeats):
         plain_runs.append(ray_run(work, config, checkpoint_every_epoch=False))
 
@@ -290,6 +352,7 @@ def compare(work: dict[str, Any], epochs: int, repeats: int, plain_repeats: int)
             "batch": config.batch_size, **{f"{side}_{key}": med(runs, key)
                                            for side, runs in (("ray", ray_runs), ("base", base_runs))
                                            for key in ("train_rps", "e2e_rps", "wall")},
+            "ddp_train_rps": med(ddp_runs, "train_rps"),
             "ckpt_report_s": med(ray_runs, "report_s"), "plain_report_s": med(plain_runs, "report_s"),
             "ckpt_period_s": med(ray_runs, "period_s"), "plain_period_s": med(plain_runs, "period_s"),
             "ray_startup_s": med(ray_runs, "startup_s"), "plain_repeats": plain_repeats,
@@ -344,13 +407,15 @@ def table(results: list[dict[str, Any]], first: dict[str, Any] | None, load: str
     if results:
         out += ["| workload | rows x epochs | batch (per worker / baseline) | Ray Train train rows/s | baseline "
                 "train rows/s | ratio | Ray Train end-to-end rows/s | baseline end-to-end rows/s | ratio | Ray "
-                "fit() start to first batch |", "|---|---|---|---|---|---|---|---|---|---|"]
+                "fit() start to first batch | plain DDP train rows/s (no Ray) | Ray Train vs plain DDP |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         out.append(f"| {r['name']} | {r['rows']:,} x {r['epochs']} | {r['batch']} / {2 * r['batch']} | "
                    f"{r['ray_train_rps']:,.0f} | {r['base_train_rps']:,.0f} | "
                    f"{r['ray_train_rps'] / r['base_train_rps']:.2f}x | {r['ray_e2e_rps']:,.0f} | "
                    f"{r['base_e2e_rps']:,.0f} | {r['ray_e2e_rps'] / r['base_e2e_rps']:.2f}x | "
-                   f"{r['ray_startup_s']:.1f} s |")
+                   f"{r['ray_startup_s']:.1f} s | {r['ddp_train_rps']:,.0f} | "
+                   f"{r['ray_train_rps'] / r['ddp_train_rps']:.2f}x |")
     if results:
         out += ["", "Per-epoch checkpointing (Ray Train, rank 0): the end-of-epoch report with a checkpoint "
                 "(torch.save + ray.train.report, upload in the background) against metrics only, and the epoch "

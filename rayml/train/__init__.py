@@ -234,15 +234,23 @@ def fit(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from rayml.train.loop import train_loop
+    from rayml.train.shard_cache import split_blocks
 
     gpu = use_gpu(config.device, config.num_workers, ray.cluster_resources().get("GPU", 0.0))
     check_precision(config.precision, gpu)
     filesystem, storage_path = _storage_target(storage_dir, storage)
+    loop_cfg = loop_config(config, input_dim=input_dim, positive_weight=positive_weight, train_rows=train_rows,
+                           run_name=run_name, task=task, outputs=outputs, layout=layout, tracking=tracking,
+                           output_bias=output_bias)
+    datasets = {"train": train, "val": val}
+    if loop_cfg["cache_shards"]:  # materialized splits go to the workers as block references (see shard_cache)
+        blocks = {name: split_blocks(dataset) for name, dataset in datasets.items()}
+        if all(refs is not None for refs in blocks.values()):
+            loop_cfg["blocks"], datasets = blocks, {}
+            log.info("train: each worker reads its share of the materialized splits' blocks and keeps it as tensors")
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config=loop_config(config, input_dim=input_dim, positive_weight=positive_weight,
-                                      train_rows=train_rows, run_name=run_name, task=task, outputs=outputs,
-                                      layout=layout, tracking=tracking, output_bias=output_bias),
+        train_loop_config=loop_cfg,
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.num_workers, use_gpu=gpu, placement_strategy=config.placement_strategy,
@@ -259,7 +267,7 @@ def fit(
                 checkpoint_score_order=MODES[config.checkpoint_metric],
             ),
         ),
-        datasets={"train": train, "val": val},
+        datasets=datasets,
     )
     try:
         result = trainer.fit()

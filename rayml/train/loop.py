@@ -12,6 +12,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from rayml.tracking import Tracker
 from rayml.models import ModelConfig, build_model, set_output_bias
 from rayml.train import checkpoint as ckpt
 from rayml.train import steps
-from rayml.train.shard_cache import ShardCache
+from rayml.train.shard_cache import ShardCache, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,12 @@ def train_loop(cfg: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     progress.worker_nodes = _gather(ray.get_runtime_context().get_node_id())
     loss_fn = steps.loss_function(cfg["task"], cfg["pos_weight"], device)
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
     # Small splits stay in memory as tensors after the first epoch (see shard_cache); others stream each epoch.
     keep = bool(cfg.get("cache_shards"))
     train_cache = ShardCache(cfg["batch_size"], ckpt.derived_seed(cfg["seed"], rank), shuffle=True, keep=keep)
     val_cache = ShardCache(cfg["batch_size"], 0, shuffle=False, keep=keep)
+    read_train = _split_reader(cfg, "train", device)
+    read_val = _split_reader(cfg, "val", device)
 
     for epoch in range(progress.epoch, cfg["epochs"]):
         if progress.stopped_early:
@@ -71,15 +72,13 @@ def train_loop(cfg: dict[str, Any]) -> None:
         # Streamed, the shard is shuffled locally (seeded); kept, the cache shuffles it (see shard_cache).
         shuffle = {} if keep else {"local_shuffle_buffer_size": 4 * cfg["batch_size"],
                                    "local_shuffle_seed": cfg["seed"] + epoch}
-        batches = train_cache.batches(epoch, lambda shuffle=shuffle: train_shard.iter_torch_batches(
-            batch_size=cfg["batch_size"], dtypes=torch.float32, device=device, **shuffle))
+        batches = train_cache.batches(epoch, lambda shuffle=shuffle: read_train(shuffle))
         train_totals, taken = steps.train_epoch(
             model, batches, optimizer, scheduler, loss_fn, device=device, grad_clip=cfg["grad_clip"],
             precision=cfg["precision"], scaler=scaler,
         )
         train_seconds = time.perf_counter() - started
-        val_batches = val_cache.batches(epoch, lambda: val_shard.iter_torch_batches(
-            batch_size=cfg["batch_size"], dtypes=torch.float32, device=device))
+        val_batches = val_cache.batches(epoch, lambda: read_val({}))
         val_totals, hist = steps.validate_epoch(model, val_batches, loss_fn, device=device,
                                                 precision=cfg["precision"], task=cfg["task"])
         progress.global_step += taken
@@ -98,6 +97,23 @@ def train_loop(cfg: dict[str, Any]) -> None:
     if rank == 0 and progress.stopped_early:
         log.info("[rayml.train] stopped early after epoch %d: %s did not improve for %d epoch(s)",
                  progress.epoch, cfg["checkpoint_metric"], cfg["patience"])
+
+
+def _split_reader(cfg: dict[str, Any], name: str, device: torch.device) -> Callable[[dict[str, Any]], Iterable[Any]]:
+    """How this worker reads its share of split ``name``: the materialized split's blocks directly when the
+    driver sent them (``cfg["blocks"]``, see shard_cache), else Ray Train's streaming split, in batches (with
+    the given local-shuffle options)."""
+    import ray.train
+
+    blocks = cfg.get("blocks")
+    if blocks:  # sent only with cache_shards: the cache cuts the one batch read_rows gives into real batches
+        if not cfg.get("cache_shards"):
+            raise ValueError("cfg['blocks'] needs cfg['cache_shards']: the shard cache batches the rows")
+        ctx = ray.train.get_context()
+        return lambda shuffle: read_rows(blocks[name], ctx.get_world_rank(), ctx.get_world_size(), device)
+    shard = ray.train.get_dataset_shard(name)
+    return lambda shuffle: shard.iter_torch_batches(batch_size=cfg["batch_size"], dtypes=torch.float32,
+                                                    device=device, **shuffle)
 
 
 def _resume(

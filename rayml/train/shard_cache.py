@@ -7,11 +7,18 @@ whole shard from Ray Data in its (deterministic) stored order, and every epoch, 
 kept rows in an order seeded by the epoch, cut into batches of the same size. An epoch's order therefore does
 not depend on whether the cache was already warm, so a run resumed at epoch 3 trains on what an uninterrupted
 run would have.
+
+When the splits are materialized in Ray's object store, the driver hands every worker the splits' block
+references (``split_blocks``) instead of a Ray Data streaming split, and each worker takes its equal, contiguous
+share of the rows (``read_rows``): no split coordinator, no streaming execution to start before the first step
+(the first epoch cost 2-3 s more than the others through the streaming split, see benchmarks/RESULTS.md), and
+each rank's rows are the same in every attempt.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -51,3 +58,46 @@ class ShardCache:
         for start in range(0, rows, self.batch_size):
             index = order[start : start + self.batch_size]
             yield {name: values[index] for name, values in self.columns.items()}
+
+
+def split_blocks(dataset: Any) -> list[Any] | None:
+    """The block references of a materialized Ray Dataset, in order (Arrow tables), or None for a dataset that
+    is not materialized (it streams through Ray Train's split instead)."""
+    from ray.data.dataset import MaterializedDataset
+
+    return dataset.to_arrow_refs() if isinstance(dataset, MaterializedDataset) else None
+
+
+def read_rows(blocks: list[Any], rank: int, world_size: int, device: torch.device) -> list[Batch]:
+    """Rank ``rank``'s share of the rows in ``blocks`` (see ``split_blocks``) as one batch of float32 tensors on
+    ``device`` (none when the share is empty): rows ``[rank * n, (rank + 1) * n)`` with ``n = rows //
+    world_size``, so every rank takes the same number of steps (DDP needs that) and at most ``world_size - 1``
+    trailing rows are left out, as with Ray Train's equal split."""
+    import pyarrow as pa
+    import ray
+    from ray.data.block import BlockAccessor
+
+    tables = ray.get(list(blocks))  # zero-copy on the node holding them; another node pulls the whole split
+    slices = share_slices([t.num_rows for t in tables], rank, world_size)
+    parts = [tables[index].slice(lo, hi - lo) for index, lo, hi in slices]
+    if not parts:
+        return []
+    columns = BlockAccessor.for_block(pa.concat_tables(parts)).to_batch_format("numpy")
+    return [{name: torch.as_tensor(values, dtype=torch.float32).to(device) for name, values in columns.items()}]
+
+
+def share_slices(block_rows: list[int], rank: int, world_size: int) -> list[tuple[int, int, int]]:
+    """(block index, first row, end row) of rank ``rank``'s equal, contiguous share of blocks holding
+    ``block_rows`` rows each: rows ``[rank * n, (rank + 1) * n)`` of their concatenation, ``n = total //
+    world_size``."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside a world of {world_size}")
+    share = sum(block_rows) // world_size
+    start, stop = rank * share, (rank + 1) * share
+    slices, offset = [], 0
+    for index, rows in enumerate(block_rows):
+        lo, hi = max(start - offset, 0), min(stop - offset, rows)
+        if lo < hi:
+            slices.append((index, lo, hi))
+        offset += rows
+    return slices

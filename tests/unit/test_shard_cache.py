@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rayml.train.shard_cache import ShardCache
@@ -56,3 +57,20 @@ def test_an_epoch_order_does_not_depend_on_a_warm_cache():
     resumed = ShardCache(batch_size=4, seed=3, shuffle=True)
     assert [b["label"].tolist() for b in resumed.batches(1, source_of(10, 4, []))] == uninterrupted
     assert list(ShardCache(batch_size=4, seed=3, shuffle=True).batches(0, lambda: iter([]))) == []
+
+
+def test_ranks_share_the_blocks_rows_equally_contiguously_and_drop_only_the_remainder():
+    from rayml.train.shard_cache import share_slices
+
+    blocks = [5, 0, 3, 4]  # 12 rows, one block empty
+    assert share_slices(blocks, 0, 2) == [(0, 0, 5), (2, 0, 1)]
+    assert share_slices(blocks, 1, 2) == [(2, 1, 3), (3, 0, 4)]
+    covered = []
+    for rank in range(5):  # 12 // 5 = 2 rows each; the last 2 rows go to no rank
+        rows = [(index, row) for index, lo, hi in share_slices(blocks, rank, 5) for row in range(lo, hi)]
+        assert len(rows) == 2
+        covered += rows
+    assert covered == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1)]
+    assert share_slices([1], 0, 2) == []  # fewer rows than ranks: every share is empty, no rank steps
+    with pytest.raises(ValueError, match="rank 2 is outside a world of 2"):
+        share_slices(blocks, 2, 2)
