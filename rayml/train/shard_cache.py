@@ -83,7 +83,8 @@ def read_rows(blocks: list[Any], rank: int, world_size: int, device: torch.devic
     if not parts:
         return []
     columns = BlockAccessor.for_block(pa.concat_tables(parts)).to_batch_format("numpy")
-    return [{name: torch.as_tensor(values, dtype=torch.float32).to(device) for name, values in columns.items()}]
+    # copies: the rows then live in the worker, not pinned (read-only) in the object store
+    return [{name: torch.tensor(values, dtype=torch.float32, device=device) for name, values in columns.items()}]
 
 
 def share_slices(block_rows: list[int], rank: int, world_size: int) -> list[tuple[int, int, int]]:
