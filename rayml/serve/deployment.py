@@ -47,9 +47,9 @@ async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
     return JSONResponse(protocol.error_body(exc.message), status_code=exc.status)
 
 
-def _rows(items: list[tuple[Any, pa.Table]]) -> int:
+def _rows(items: list[tuple[Any, pa.Table, str]]) -> int:
     """Batch size in rows, not requests: one request may carry many instances."""
-    return sum(table.num_rows for _, table in items)
+    return sum(item[1].num_rows for item in items)
 
 
 class _Served:
@@ -172,33 +172,47 @@ class ModelServer:
     async def predict_version(self, model: str, version: str, request: Request) -> dict[str, Any]:
         return await self._predict(request, model, version)
 
-    async def infer(self, model: str, served: _Served, table: pa.Table) -> np.ndarray:
-        """Scores of ``table``'s rows by ``served`` (one version of ``model``), in a dynamic batch of the model's
-        requests. The item carries the loaded version itself, so a reconfigure that drops it while the request
-        waits in the queue does not fail the batch."""
-        return await self.batchers[model][1]((served, table))
+    async def infer(self, model: str, served: _Served, raw: pa.Table, form: str) -> np.ndarray:
+        """Scores of ``raw``'s rows (untyped: validated in the batch; ``form`` names bad rows, see
+        ``Predictor.validate_requests``) by ``served`` (one version of ``model``), in a dynamic batch of the
+        model's requests. The item carries the loaded version itself, so a reconfigure that drops it while the
+        request waits in the queue does not fail the batch. Raises the RequestError naming this request's bad
+        fields; the other requests of its batch are answered."""
+        result = await self.batchers[model][1]((served, raw, form))
+        if isinstance(result, RequestError):
+            raise result
+        return result
 
     def _batcher(self, knobs: dict[str, Any]) -> Callable[..., Awaitable[np.ndarray]]:
         """A ``@serve.batch`` function with these knobs. With more than one concurrent batch, ONNX Runtime runs
         in a worker thread (it releases the GIL), so one batch is scored while the next one forms."""
         offload = knobs["max_concurrent_batches"] > 1
 
-        async def score(items: list[tuple[_Served, pa.Table]]) -> list[np.ndarray]:
+        async def score(items: list[tuple[_Served, pa.Table, str]]) -> list[np.ndarray | RequestError]:
             return await self._score_batch(items, offload)
 
         return serve.batch(max_batch_size=knobs["max_batch_size"], batch_wait_timeout_s=knobs["batch_wait_timeout_s"],
                            max_concurrent_batches=knobs["max_concurrent_batches"], batch_size_fn=_rows)(score)
 
     @staticmethod
-    async def _score_batch(items: list[tuple[_Served, pa.Table]], offload: bool) -> list[np.ndarray]:
-        """Score one dynamic batch; requests for different versions are grouped, one ORT call per version."""
-        results: list[Optional[np.ndarray]] = [None] * len(items)
+    async def _score_batch(items: list[tuple[_Served, pa.Table, str]],
+                           offload: bool) -> list[np.ndarray | RequestError]:
+        """Validate and score one dynamic batch: one validation and one ORT call per version it holds. A request
+        with a bad field gets its RequestError as its result; the rest are scored."""
+        results: list[np.ndarray | RequestError | None] = [None] * len(items)
         groups: dict[int, list[int]] = {}
-        for i, (served, _) in enumerate(items):
+        for i, (served, _, _) in enumerate(items):
             groups.setdefault(id(served), []).append(i)
         for indexes in groups.values():
             served = items[indexes[0]][0]
-            table = pa.concat_tables([items[i][1] for i in indexes]) if len(indexes) > 1 else items[indexes[0]][1]
+            table, outcomes = served.predictor.validate_requests([items[i][1] for i in indexes],
+                                                                 [items[i][2] for i in indexes])
+            good = [i for i, outcome in zip(indexes, outcomes) if outcome is None]
+            for i, outcome in zip(indexes, outcomes):
+                if outcome is not None:
+                    results[i] = outcome
+            if not good:
+                continue
             if offload:
                 probabilities = await asyncio.to_thread(served.predictor.predict_table, table)
             else:
@@ -206,7 +220,7 @@ class ModelServer:
             # on the event loop: metrics and drift windows are not locked
             served.observe(table, served.predictor.scores(probabilities))
             offset = 0
-            for i in indexes:
+            for i in good:
                 rows = items[i][1].num_rows
                 results[i] = probabilities[offset:offset + rows]
                 offset += rows
@@ -224,14 +238,14 @@ class ModelServer:
             payload = await self._json_body(request)
             if not isinstance(payload, dict) or "instances" not in payload:
                 raise RequestError('body must be a JSON object with "instances": [{"column": value, ...}]')
-            table = served.predictor.records_table(payload["instances"])
-            probabilities = await self.infer(model, served, table)
+            raw = served.predictor.records_raw(payload["instances"])
+            probabilities = await self.infer(model, served, raw, "instances")
         except RequestError as exc:
             status = exc.status
             raise
         finally:
             served.metrics.request("predict", status, time.perf_counter() - started)
-        self._mirror(model, choice.shadow, table, served.predictor.scores(probabilities))
+        self._mirror(model, choice.shadow, raw, "instances", served.predictor.scores(probabilities))
         answer = {"model_name": model, "model_version": choice.version}
         if served.predictor.threshold is not None:
             answer["threshold"] = served.predictor.threshold
@@ -251,20 +265,21 @@ class ModelServer:
             )
             if parsed.rows == 0:
                 raise RequestError("the request holds no rows; send at least one")
-            table = predictor.tensors_table(parsed.tensors)
-            probabilities = await self.infer(model, served, table)
+            raw = predictor.tensors_raw(parsed.tensors)
+            probabilities = await self.infer(model, served, raw, "tensors")
         except RequestError as exc:
             status = exc.status
             raise
         finally:
             served.metrics.request("v2_infer", status, time.perf_counter() - started)
-        self._mirror(model, choice.shadow, table, predictor.scores(probabilities))
+        self._mirror(model, choice.shadow, raw, "tensors", predictor.scores(probabilities))
         outputs = predictor.v2_tensors(probabilities)
         chosen = {name: outputs[name] for name in parsed.requested_outputs}
         return protocol.infer_response(model, choice.version, parsed.id, chosen, predictor.v2_outputs())
 
-    def _mirror(self, model: str, shadow: Optional[str], table: pa.Table, live: np.ndarray) -> None:
-        """Score a copy of the request with the shadow version after answering; record, never return."""
+    def _mirror(self, model: str, shadow: Optional[str], raw: pa.Table, form: str, live: np.ndarray) -> None:
+        """Score a copy of the request with the shadow version after answering (validated by that version, whose
+        schema may differ); record, never return."""
         if shadow is None:
             return
 
@@ -274,7 +289,7 @@ class ModelServer:
                 return
             started = time.perf_counter()
             try:
-                scores = served.predictor.scores(await self.infer(model, served, table))
+                scores = served.predictor.scores(await self.infer(model, served, raw, form))
             except Exception:  # noqa: BLE001 - a failing shadow must never affect live traffic
                 served.metrics.shadow("error")
                 return

@@ -85,6 +85,34 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, re
     np.testing.assert_allclose(singles, [p["probability"] for p in together["predictions"]], atol=1e-6)
 
 
+def test_a_bad_request_fails_alone_in_a_batch_it_shares_with_good_ones(server, records):
+    """Validation runs once per dynamic batch; a request with a bad field gets its own 400, while good requests
+    batched with it, including ones whose JSON types differ (an integer amount), get their answers."""
+    # every 4th request (i % 4 == 3) sends a whole amount as a JSON integer: another Arrow type for the column
+    rows = [{**r, "amount": float(int(r["amount"]))} if i % 4 == 3 else r for i, r in enumerate(records[:40])]
+    expected = {i: p["probability"] for i, p in enumerate(httpx.post(
+        f"{server}/predict/{MODEL}", json={"instances": rows}, timeout=30).json()["predictions"])}
+
+    def body(i: int) -> dict:
+        if i % 4 == 1:
+            return {"instances": [{**rows[i], "amount": "lots"}]}
+        if i % 4 == 3:
+            return {"instances": [{**rows[i], "amount": int(rows[i]["amount"])}]}
+        return {"instances": [rows[i]]}
+
+    async def many() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server, timeout=60) as client:
+            return await asyncio.gather(*(client.post(f"/predict/{MODEL}", json=body(i)) for i in range(40)))
+
+    for i, response in enumerate(asyncio.run(many())):
+        if i % 4 == 1:
+            assert response.status_code == 400, (i, response.text)
+            assert response.json()["error"] == "instances[0].amount: got 'lots'; expected a number", response.text
+        else:
+            assert response.status_code == 200, (i, response.text)
+            assert response.json()["predictions"][0]["probability"] == pytest.approx(expected[i], abs=1e-6)
+
+
 def _bad_requests(records: list[dict]) -> list[tuple[str, dict, int, str]]:
     good = records[0]
     return [
