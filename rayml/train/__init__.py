@@ -234,7 +234,6 @@ def fit(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from rayml.train.loop import train_loop
-    from rayml.train.shard_cache import split_blocks
 
     gpu = use_gpu(config.device, config.num_workers, ray.cluster_resources().get("GPU", 0.0))
     check_precision(config.precision, gpu)
@@ -242,12 +241,6 @@ def fit(
     loop_cfg = loop_config(config, input_dim=input_dim, positive_weight=positive_weight, train_rows=train_rows,
                            run_name=run_name, task=task, outputs=outputs, layout=layout, tracking=tracking,
                            output_bias=output_bias)
-    datasets = {"train": train, "val": val}
-    if loop_cfg["cache_shards"]:  # materialized splits go to the workers as block references (see shard_cache)
-        blocks = {name: split_blocks(dataset) for name, dataset in datasets.items()}
-        if all(refs is not None for refs in blocks.values()):
-            loop_cfg["blocks"], datasets = blocks, {}
-            log.info("train: each worker reads its share of the materialized splits' blocks and keeps it as tensors")
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_cfg,
@@ -267,7 +260,7 @@ def fit(
                 checkpoint_score_order=MODES[config.checkpoint_metric],
             ),
         ),
-        datasets=datasets,
+        datasets=_worker_data(loop_cfg, {"train": train, "val": val}),
     )
     try:
         result = trainer.fit()
@@ -290,6 +283,21 @@ def fit(
         "history": progress.history, "attempts": progress.attempts, "global_step": progress.global_step,
         "stopped_early": progress.stopped_early, "use_gpu": gpu, "worker_nodes": progress.worker_nodes,
     }
+
+
+def _worker_data(loop_cfg: dict[str, Any], datasets: dict[str, Any]) -> dict[str, Any]:
+    """The datasets Ray Train splits between the workers: none when the splits are materialized and kept as
+    tensors, whose block references go in ``loop_cfg["blocks"]`` instead (see shard_cache)."""
+    from rayml.train.shard_cache import split_blocks
+
+    if not loop_cfg["cache_shards"]:
+        return datasets
+    blocks = {name: split_blocks(dataset) for name, dataset in datasets.items()}
+    if any(refs is None for refs in blocks.values()):
+        return datasets
+    loop_cfg["blocks"] = blocks
+    log.info("train: each worker reads its share of the materialized splits' blocks and keeps it as tensors")
+    return {}
 
 
 def _storage_target(storage_dir: str | Path, storage: StorageConfig | None) -> tuple[Any, str]:
