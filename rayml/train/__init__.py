@@ -260,7 +260,7 @@ def fit(
                 checkpoint_score_order=MODES[config.checkpoint_metric],
             ),
         ),
-        datasets=_worker_data(loop_cfg, {"train": train, "val": val}),
+        datasets=worker_data(loop_cfg, {"train": train, "val": val}),
     )
     try:
         result = trainer.fit()
@@ -285,7 +285,7 @@ def fit(
     }
 
 
-def _worker_data(loop_cfg: dict[str, Any], datasets: dict[str, Any]) -> dict[str, Any]:
+def worker_data(loop_cfg: dict[str, Any], datasets: dict[str, Any]) -> dict[str, Any]:
     """The datasets Ray Train splits between the workers: none when the splits are materialized and kept as
     tensors, whose block references go in ``loop_cfg["blocks"]`` instead (see shard_cache)."""
     from rayml.train.shard_cache import split_blocks

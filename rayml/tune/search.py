@@ -209,9 +209,11 @@ def _trial(config: dict[str, Any], *, data: dict[str, Any], setup: dict[str, Any
         settings, input_dim=setup["input_dim"], positive_weight=weight, train_rows=setup["train_rows"],
         run_name=f"{setup['run_name']}-{trial_id}", task=setup["task"], outputs=setup["outputs"],
         layout=setup["layout"], output_bias=setup["output_bias"])
+    loop_config[PLACEMENT_GROUPS] = str(Path(setup["trials_dir"]) / trial_id / PLACEMENT_GROUPS)
+    datasets = train.worker_data(loop_config, data)  # small materialized splits: block references, as in a run
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={**loop_config, PLACEMENT_GROUPS: str(Path(setup["trials_dir"]) / trial_id / PLACEMENT_GROUPS)},
+        train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=settings.num_workers, use_gpu=gpu, placement_strategy=settings.placement_strategy,
@@ -223,7 +225,7 @@ def _trial(config: dict[str, Any], *, data: dict[str, Any], setup: dict[str, Any
                 num_to_keep=settings.keep_checkpoints, checkpoint_score_attribute=settings.checkpoint_metric,
                 checkpoint_score_order=MODES[settings.checkpoint_metric]),
             callbacks=[TuneReportCallback()]),
-        datasets=data,
+        datasets=datasets,
     )
     trainer.fit()
 
