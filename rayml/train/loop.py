@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
