@@ -46,7 +46,8 @@ class ShardCache:
             kept = list(source())
             if not kept:
                 return
-            self.columns = {name: torch.cat([b[name] for b in kept]) for name in kept[0]}
+            # one batch (read_rows' whole share, already a copy) is kept as is; streamed batches are joined
+            self.columns = kept[0] if len(kept) == 1 else {name: torch.cat([b[name] for b in kept]) for name in kept[0]}
         rows = self.rows
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + epoch)
