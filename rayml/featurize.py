@@ -368,30 +368,36 @@ def split_datasets(records: Any, split: Any) -> dict[str, Any]:
 
 
 def _take_split(batch: pa.Table, name: str, key: str, train: float, val: float, seed: int) -> pa.Table:
-    from rayml.split import assign
+    from rayml.split import split_codes
 
-    mask = assign(batch.column(key), train, val, seed) == name
+    mask = split_codes(batch.column(key), train, val, seed) == SPLITS.index(name)
     return batch.filter(pa.array(mask, pa.bool_()))
 
 
-def _splits_of(batch: pa.Table, where: dict[str, Any]) -> np.ndarray:
-    from rayml.split import assign
+def _split_codes(batch: pa.Table, where: dict[str, Any]) -> np.ndarray:
+    from rayml.split import split_codes
 
-    return assign(batch.column(where["key"]), where["train"], where["val"], where["seed"])
+    return split_codes(batch.column(where["key"]), where["train"], where["val"], where["seed"])
 
 
 def _train_stats_json(batch: pa.Table, config: dict[str, Any], where: dict[str, Any]) -> dict[str, np.ndarray]:
     """The featurizer statistics of the batch's train rows, as JSON."""
-    train = batch.filter(pa.array(_splits_of(batch, where) == "train", pa.bool_()))
+    train = batch.filter(pa.array(_split_codes(batch, where) == SPLITS.index("train"), pa.bool_()))
     stats = partial_stats(train, FeaturizeConfig(**config))
     return {"stats": np.array([json.dumps(stats)])}
 
 
 def _featurize_splits(batch: pa.Table, state: dict[str, Any], keep: list[str], where: dict[str, Any]
-                      ) -> dict[str, np.ndarray]:
-    """Every row's features, label and ``keep`` columns, with its split in ``_split``."""
-    out: dict[str, np.ndarray] = {FEATURES: transform(batch, state), LABEL: labels(batch, state),
-                                  SPLIT: _splits_of(batch, where).astype(str)}
+                      ) -> pa.Table:
+    """Every row's features, label and ``keep`` columns, with its split in ``_split``. Built as Arrow: the
+    ``keep`` columns pass through without a round trip via Python objects."""
+    from ray.data.extensions import ArrowTensorArray
+
+    columns: dict[str, Any] = {
+        FEATURES: ArrowTensorArray.from_numpy(transform(batch, state)),
+        LABEL: pa.array(labels(batch, state)),
+        SPLIT: pc.take(pa.array(SPLITS, pa.string()), pa.array(_split_codes(batch, where))),
+    }
     for name in keep:
-        out[name] = batch.column(name).to_numpy(zero_copy_only=False)
-    return out
+        columns[name] = batch.column(name)
+    return pa.table(columns)

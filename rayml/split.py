@@ -7,12 +7,11 @@ number of workers, so a rerun over the same data (or a superset of it) keeps eve
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from rayml.config import StrictModel
+from rayml.keyed_hash import hash_text
 
 SPLITS = ("train", "val", "test")
 _BUCKETS = 1_000_000
@@ -37,13 +36,17 @@ class SplitConfig(StrictModel):
 
 def assign(keys: pa.Array | pa.ChunkedArray, train: float, val: float, seed: int) -> np.ndarray:
     """The split name of each key: an array of 'train', 'val' or 'test' (object dtype)."""
-    # Keys are hashed as text so that 5 is "5" whatever else shares its batch (a null would turn a pandas int
-    # column into floats). pandas' hash_array is a keyed SipHash: stable across processes, unlike hash().
-    text = keys if pa.types.is_string(keys.type) else pc.cast(keys, pa.string())
-    values = np.asarray(text.to_pandas(), dtype=object)
-    hashed = pd.util.hash_array(values, hash_key=f"{seed:016d}")
-    position = (hashed % _BUCKETS).astype(np.float64) / _BUCKETS
-    names = np.full(len(values), "test", dtype=object)
-    names[position < train + val] = "val"
-    names[position < train] = "train"
-    return names
+    return np.asarray(SPLITS, dtype=object)[split_codes(keys, train, val, seed)]
+
+
+def split_codes(keys: pa.Array | pa.ChunkedArray, train: float, val: float, seed: int) -> np.ndarray:
+    """The split of each key as its index in ``SPLITS`` (0 train, 1 val, 2 test), int8."""
+    # A key is hashed as its text, so 5 is "5" whatever else shares its batch, with pandas' keyed SipHash
+    # (pd.util.hash_array of the strings, computed from the Arrow buffers by rayml.keyed_hash): stable across
+    # processes and versions, unlike hash().
+    hashed = hash_text(keys, f"{seed:016d}".encode())
+    position = (hashed % np.uint64(_BUCKETS)).astype(np.float64) / _BUCKETS
+    codes = np.full(len(hashed), 2, dtype=np.int8)
+    codes[position < train + val] = 1
+    codes[position < train] = 0
+    return codes
