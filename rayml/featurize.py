@@ -7,10 +7,11 @@ so it runs over data of any size without collecting it in one place.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -300,10 +301,14 @@ def run_stage(
     config: FeaturizeConfig,
     out_dir: str | Path,
     storage: StorageConfig | None = None,
+    partials: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Split the valid records (``split`` is a ``SplitConfig``), fit on train only, and write the featurized
     ``train``/``val``/``test`` splits as Parquet (``features``, ``label`` and the ``keep`` columns) plus the
     fitted state as ``featurizer.json``. ``valid_path`` and ``out_dir`` may be s3:// (``storage`` reaches them).
+
+    ``partials``, the train rows' statistics gathered while the records were written (``train_stats_tap``
+    with the same ``split`` and ``config``), replace the fitting pass over the records.
     """
     import ray.data
 
@@ -322,13 +327,14 @@ def run_stage(
     blocks = max(1, min(files, 4 * int(ray.cluster_resources().get("CPU", 1))))
     records = ray.data.read_parquet(source, filesystem=filesystem, partitioning=None,
                                     override_num_blocks=blocks).select_columns(needed)
-    where = {"key": split.key, "train": split.train, "val": split.val, "seed": split.seed}
-    # Two passes over the records, whatever the number of splits: fit on the train rows, then featurize every
-    # row once and write the three splits in one partitioned write (<out>/_split=train|val|test/).
-    partials = records.map_batches(
-        _train_stats_json, fn_kwargs={"config": config.model_dump(), "where": where}, batch_format="pyarrow"
-    ).take_all()
-    state = merge_stats((json.loads(p["stats"]) for p in partials), config)
+    where = _where(split)
+    # Fit on the train rows (a pass over the records unless their statistics came with them), then featurize
+    # every row once and write the three splits in one partitioned write (<out>/_split=train|val|test/).
+    if partials is None:
+        partials = [json.loads(row["stats"]) for row in records.map_batches(
+            _train_stats_json, fn_kwargs={"config": config.model_dump(), "where": where}, batch_format="pyarrow"
+        ).take_all()]
+    state = merge_stats(partials, config)
     if state["rows"] == 0:
         raise DataValidationError("the train split is empty; add data or raise split.train")
     store.write_text(store.join(out, STATE_FILE), dumps(state), storage)
@@ -382,9 +388,28 @@ def _split_codes(batch: pa.Table, where: dict[str, Any]) -> np.ndarray:
 
 def _train_stats_json(batch: pa.Table, config: dict[str, Any], where: dict[str, Any]) -> dict[str, np.ndarray]:
     """The featurizer statistics of the batch's train rows, as JSON."""
+    return {"stats": np.array([json.dumps(_train_stats(batch, config, where))])}
+
+
+def train_stats_tap(split: Any, config: FeaturizeConfig) -> Callable[[pa.Table], dict[str, Any]]:
+    """For ``validate.run_stage(tap=...)``: the featurizer statistics of a written batch's valid train
+    records, which ``run_stage(partials=...)`` then uses instead of its own fitting pass."""
+    return functools.partial(_valid_train_stats, config=config.model_dump(), where=_where(split))
+
+
+def _valid_train_stats(batch: pa.Table, config: dict[str, Any], where: dict[str, Any]) -> dict[str, Any]:
+    from rayml.validate import STATUS, VALID
+
+    return _train_stats(batch.filter(pc.equal(batch.column(STATUS), VALID)), config, where)
+
+
+def _train_stats(batch: pa.Table, config: dict[str, Any], where: dict[str, Any]) -> dict[str, Any]:
     train = batch.filter(pa.array(_split_codes(batch, where) == SPLITS.index("train"), pa.bool_()))
-    stats = partial_stats(train, FeaturizeConfig(**config))
-    return {"stats": np.array([json.dumps(stats)])}
+    return partial_stats(train, FeaturizeConfig(**config))
+
+
+def _where(split: Any) -> dict[str, Any]:
+    return {"key": split.key, "train": split.train, "val": split.val, "seed": split.seed}
 
 
 def _featurize_splits(batch: pa.Table, state: dict[str, Any], keep: list[str], where: dict[str, Any]

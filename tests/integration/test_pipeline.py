@@ -9,7 +9,7 @@ import onnx
 import pyarrow.parquet as pq
 import pytest
 
-from rayml import artifacts, pipeline
+from rayml import artifacts, featurize, pipeline
 from rayml.errors import DataValidationError
 from rayml.validate import ERROR, RAW, SOURCE_FILE, SOURCE_ROW
 from tests.integration.conftest import JOB, job_overrides
@@ -46,6 +46,51 @@ def test_quarantine_reconciles_with_the_injected_bad_records(fraud_run, fraud_da
         assert row[ERROR] and row[SOURCE_FILE].endswith(".parquet") and row[SOURCE_ROW] >= 0
     featurized = manifest(fraud_run["run_dir"], "featurize")
     assert sum(featurized["rows"].values()) == validated["valid_rows"]
+
+
+def assert_same_state(a, b, path="state"):
+    """Fitted states are equal up to float rounding (partial statistics merge in another grouping)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), path
+        for key in a:
+            assert_same_state(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, rel=1e-9, abs=1e-12), path
+    else:
+        assert a == b, path
+
+
+def test_featurize_fits_on_the_statistics_gathered_while_validating(fraud_run, tmp_path):
+    """The validate stage gathers the train records' statistics as it writes them and featurize fits on them
+    instead of reading the records again: the state must equal a fitting pass over the written records."""
+    job, run_dir = fraud_run["job"], fraud_run["run_dir"]
+    validated = manifest(run_dir, "validate")
+    assert validated["train_stats"]["partials"]
+    train_rows = manifest(run_dir, "featurize")["rows"]["train"]
+    assert sum(p["rows"] for p in validated["train_stats"]["partials"]) == train_rows
+    separate = featurize.run_stage(validated["valid_path"], split=job.split, config=job.features,
+                                   out_dir=tmp_path / "refit")  # no partials: its own fitting pass
+    assert_same_state(json.loads((run_dir / "featurize" / featurize.STATE_FILE).read_text()),
+                      json.loads(open(separate["state_path"]).read()))
+
+
+def test_a_reused_validate_stage_refits_for_another_split(fraud_run, fraud_data, tmp_path):
+    """Statistics gathered for one split are not used for another: featurize fits again."""
+    run_dir = tmp_path / "changed"
+    shutil.copytree(fraud_run["run_dir"] / "validate", run_dir / "validate")
+    job = pipeline.load_job(JOB, job_overrides(fraud_data["path"], tmp_path, "run.name=changed",
+                                               "split.seed=3"))
+    validated, featurized = pipeline.prepare(job, run_dir)
+    assert validated["train_stats"] == manifest(fraud_run["run_dir"], "validate")["train_stats"]  # reused
+    state = json.loads(open(featurized["state_path"]).read())
+    separate = featurize.run_stage(validated["valid_path"], split=job.split, config=job.features,
+                                   out_dir=tmp_path / "refit")
+    assert_same_state(state, json.loads(open(separate["state_path"]).read()))
+    assert featurized["rows"]["train"] != manifest(fraud_run["run_dir"], "featurize")["rows"]["train"]
 
 
 def test_every_stage_writes_a_manifest_and_the_registry_verifies(fraud_run):
