@@ -3,8 +3,9 @@ a single-process pyarrow/pandas program doing the same work on the same generate
 
 - rayml: ``pipeline.load_job(jobs/fraud_detection.yaml, overrides)`` (tracking off), ``pipeline.start`` and
   the timed ``pipeline.prepare``: the validate stage (read, check every record, write
-  ``records/_status=valid`` and ``_status=quarantined``) then the featurize stage (read the valid records,
-  split by key, fit on train, write the featurized train/val/test Parquet).
+  ``records/_status=valid`` and ``_status=quarantined``, gathering the featurizer's statistics of the train
+  records as it writes them) then the featurize stage (fit from those statistics, read the valid records, split
+  by key, featurize, write the featurized train/val/test Parquet).
 - baseline, one process, no Ray: the same reader (``rayml.source.iter_raw_batches``) and ``validate_batch``
   in a plain loop, valid and quarantined records written to Parquet and the valid ones kept in memory (no
   re-read), the same split (``rayml.split.assign``), fit (``partial_stats``/``merge_stats`` on train) and
@@ -12,9 +13,12 @@ a single-process pyarrow/pandas program doing the same work on the same generate
   state, or the run fails.
 
 Each Ray setting runs in a child process that starts Ray once (plus a warm-up that starts its workers), both
-untimed, then alternates baseline and rayml repeats; the table shows medians. From the repository root:
+untimed, then alternates baseline and rayml repeats; the table shows medians. To say how each side scales with
+cores, the child runs once per ``--cores`` count, pinned (CPU affinity, inherited by every Ray process) to that
+many cores, with its own baseline. From the repository root:
 
-    .venv/bin/python benchmarks/data_pipeline.py     # 1M rows, Ray CPUs default and 1 (about 8 minutes)
+    .venv/bin/python benchmarks/data_pipeline.py     # 1M rows, Ray CPUs default then 1 (about 6 minutes)
+    .venv/bin/python benchmarks/data_pipeline.py --cores 2,1 --ray-cpus default    # 2 cores, then 1 core
     .venv/bin/python benchmarks/data_pipeline.py --rows 100000 --repeats 1 --out /tmp/dp.md --profile
 """
 
@@ -289,8 +293,6 @@ def child(args: argparse.Namespace) -> int:
     for repeat in range(args.repeats):
         order = ("baseline", "rayml") if repeat % 2 == 0 else ("rayml", "baseline")
         for side in order:
-            if side == "baseline" and args.no_baseline:
-                continue
             if side == "rayml":
                 result = run_rayml(job_for(data, work, f"rayml-{repeat}", settings))
             else:
@@ -304,7 +306,7 @@ def child(args: argparse.Namespace) -> int:
         with recording_stats() as profile:
             result = run_rayml(job_for(data, work, "rayml-profile", settings))
         print(f"[{args.num_cpus}] profiled run: {result['seconds']:.2f} s", flush=True)
-    out = {"setting": args.num_cpus, "ray_cpus": ray_cpus, "start_s": start_s, "warm_up_s": warm_s,
+    out = {"setting": args.num_cpus, "ray_cpus": ray_cpus, "cores": len(os.sched_getaffinity(0)), "start_s": start_s, "warm_up_s": warm_s,
            "runs": runs, "profile": profile}
     Path(args.result).write_text(json.dumps(out, indent=1))
     ray.shutdown()
@@ -322,26 +324,28 @@ def check_agreement(results: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
-def run_setting(args: argparse.Namespace, setting: str, data: Path, work: Path, no_baseline: bool
+def run_setting(args: argparse.Namespace, setting: str, cores: list[int], data: Path, work: Path
                 ) -> dict[str, Any]:
-    """Run one Ray setting in a child process (its own Ray); its parsed result."""
-    result = work / f"result-{setting}.json"
+    """Run one Ray setting in a child process (its own Ray) pinned to ``cores`` (with everything it starts:
+    Ray's processes inherit the affinity); its parsed result."""
+    name = f"{len(cores)}c-{setting}"
+    result = work / f"result-{name}.json"
     result.unlink(missing_ok=True)
     command = [sys.executable, __file__, "--child", "--num-cpus", setting, "--data", str(data), "--work",
-               str(work / f"work-{setting}"), "--repeats", str(args.repeats), "--result", str(result)]
+               str(work / f"work-{name}"), "--repeats", str(args.repeats), "--result", str(result)]
     command += ["--profile"] if args.profile else []
-    command += ["--no-baseline"] if no_baseline else []
-    shutil.rmtree(work / f"work-{setting}", ignore_errors=True)
-    (work / f"work-{setting}").mkdir(parents=True)
-    log = work / f"child-{setting}.log"  # Ray's own output; the child's progress lines go to stdout
+    shutil.rmtree(work / f"work-{name}", ignore_errors=True)
+    (work / f"work-{name}").mkdir(parents=True)
+    log = work / f"child-{name}.log"  # Ray's own output; the child's progress lines go to stdout
     started = time.perf_counter()
     with log.open("w") as err:
-        done = subprocess.run(command, cwd=REPO, timeout=args.timeout, stderr=err)
+        done = subprocess.run(command, cwd=REPO, timeout=args.timeout, stderr=err,
+                              preexec_fn=lambda: os.sched_setaffinity(0, cores))
     if not result.is_file():
-        raise SystemExit(f"the {setting} run failed (exit {done.returncode}); its log: {log}")
+        raise SystemExit(f"the {name} run failed (exit {done.returncode}); its log: {log}")
     found = json.loads(result.read_text())
     found["wall_s"] = time.perf_counter() - started
-    shutil.rmtree(work / f"work-{setting}", ignore_errors=True)
+    shutil.rmtree(work / f"work-{name}", ignore_errors=True)
     return found
 
 
@@ -350,19 +354,25 @@ def median_of(runs: list[dict[str, Any]], key: str = "seconds") -> float:
 
 
 def table(results: list[dict[str, Any]]) -> list[str]:
-    lines = ["| Ray CPUs | pipeline | rows | seconds | rows/s | ratio vs baseline | validate s | "
-             "featurize s | CPU s | repeats (s) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    base = median_of(results[0]["runs"]["baseline"])
+    lines = ["| cores | Ray CPUs | pipeline | rows | seconds | rows/s | ratio vs baseline | paired ratio | "
+             "validate s | featurize s | CPU s | repeats (s) |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for found in results:
-        label = f"{found['ray_cpus']}" + (" (default)" if found["setting"] == "default" else "")
+        base = median_of(found["runs"]["baseline"])
+        # Each repeat runs the two sides back to back: the ratio within a repeat is the one the machine's
+        # drifting speed disturbs least.
+        paired = statistics.median(b["seconds"] / r["seconds"]
+                                   for b, r in zip(found["runs"]["baseline"], found["runs"]["rayml"]))
+        label = f"{found['cores']} | {found['ray_cpus']}" + (" (default)" if found["setting"] == "default" else "")
         for side, name in (("baseline", "single process (pyarrow/pandas)"), ("rayml", "rayml (Ray Data)")):
             runs = found["runs"][side]
             if not runs:
                 continue
             rows, seconds = runs[0]["counts"]["read"], median_of(runs)
             ratio = "" if side == "baseline" else f"{base / seconds:.2f}x"
+            pair = "" if side == "baseline" else f"{paired:.2f}x"
             repeats = ", ".join(f"{r['seconds']:.1f}" for r in runs)
-            lines.append(f"| {label} | {name} | {rows:,} | {seconds:.1f} | {rows / seconds:,.0f} | {ratio} | "
+            lines.append(f"| {label} | {name} | {rows:,} | {seconds:.1f} | {rows / seconds:,.0f} | {ratio} | {pair} | "
                          f"{median_of(runs, 'validate'):.1f} | {median_of(runs, 'featurize'):.1f} | "
                          f"{median_of(runs, 'cpu_s'):.1f} | {repeats} |")
     return lines
@@ -375,7 +385,8 @@ def profile_lines(results: list[dict[str, Any]]) -> list[str]:
     for found in results:
         if not found["profile"]:
             continue
-        lines += ["", f"### Profiled rayml run, {found['ray_cpus']} Ray CPUs: Ray Data stats per execution",
+        lines += ["", f"### Profiled rayml run, {found['cores']} cores, {found['ray_cpus']} Ray CPUs: Ray Data "
+                  "stats per execution",
                   ""]
         for entry in found["profile"]:
             cpu = remote_cpu(entry["stats"])
@@ -391,6 +402,25 @@ def remote_cpu(stats: str) -> float:
     """The sum of the ``* Remote cpu time: ..., 1.5s total`` figures of a stats text, in seconds."""
     found = re.findall(r"Remote cpu time:.*?([\d.]+)(us|ms|s) total", stats)
     return sum(float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit] for value, unit in found)
+
+
+def scaling_lines(results: list[dict[str, Any]]) -> list[str]:
+    """rayml's speed-up from more Ray CPUs on the same cores, and each side's from more cores."""
+    lines = []
+    for cores in sorted({f["cores"] for f in results}):
+        by_cpus = {f["ray_cpus"]: median_of(f["runs"]["rayml"]) for f in results if f["cores"] == cores}
+        if len(by_cpus) > 1:
+            low, high = min(by_cpus), max(by_cpus)
+            lines.append(f"- Scaling on {cores} cores: rayml with {high} Ray CPUs is {by_cpus[low] / by_cpus[high]:.2f}x "
+                         f"as fast as with {low} ({by_cpus[low]:.1f} s vs {by_cpus[high]:.1f} s).")
+    by_cores = {f["cores"]: f for f in results if f["setting"] == "default"}
+    if len(by_cores) > 1:
+        low, high = by_cores[min(by_cores)], by_cores[max(by_cores)]
+        for side in ("rayml", "baseline"):
+            slow, fast = median_of(low["runs"][side]), median_of(high["runs"][side])
+            lines.append(f"- Scaling, {side}: {high['cores']} cores are {slow / fast:.2f}x as fast as "
+                         f"{low['cores']} ({slow:.1f} s vs {fast:.1f} s).")
+    return lines
 
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]], load: dict[str, str]) -> str:
@@ -419,17 +449,14 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], load: dict[s
         "process, the same reader, `validate_batch`, split, fit and transform, the same outputs written; it "
         "keeps the valid records in memory instead of re-reading them. Counts and fitted states checked equal. "
         f"Medians of {args.repeats} alternating repeats; ratio = baseline seconds / rayml seconds of the same "
-        "child run; CPU s = CPU time of the process and, for rayml, of every Ray process it started.", "",
+        "child run (medians), paired ratio = the median over repeats of the ratio within one repeat; CPU s = "
+        "CPU time of the process and, for rayml, of every Ray process it started.", "",
         *table(results), "",
     ]
     for found in results:
-        lines.append(f"- {found['ray_cpus']} Ray CPUs: Ray start-up {found['start_s']:.1f} s and warm-up "
-                     f"{found['warm_up_s']:.1f} s (excluded); the child run took {found['wall_s']:.0f} s.")
-    by_cpus = {f["ray_cpus"]: median_of(f["runs"]["rayml"]) for f in results}
-    if len(by_cpus) > 1:
-        low, high = min(by_cpus), max(by_cpus)
-        lines.append(f"- Scaling: rayml with {high} Ray CPUs is {by_cpus[low] / by_cpus[high]:.2f}x as fast "
-                     f"as with {low} ({by_cpus[low]:.1f} s vs {by_cpus[high]:.1f} s).")
+        lines.append(f"- {found['cores']} cores, {found['ray_cpus']} Ray CPUs: Ray start-up {found['start_s']:.1f} "
+                     f"s and warm-up {found['warm_up_s']:.1f} s (excluded); the child run took {found['wall_s']:.0f} s.")
+    lines += scaling_lines(results)
     return "\n".join(lines + profile_lines(results)) + "\n"
 
 
@@ -441,12 +468,15 @@ def main() -> int:
     parser.add_argument("--ray-cpus", default="default,1",
                         help="comma-separated Ray CPU settings, one child run each: 'default' (the "
                         "job's runtime default, max(4, cores)) or a number")
+    parser.add_argument("--cores", default=f"{len(os.sched_getaffinity(0))}",
+                        help="comma-separated core counts: each Ray setting runs once per count, pinned to that "
+                        "many of this process's cores (default: all of them). Pinned to fewer cores, Ray's own "
+                        "processes share them with the work and with the baseline")
     parser.add_argument("--work", default="/tmp/rayml-bench-data", help="data and scratch directory")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "data_pipeline.md"))
     parser.add_argument("--profile", action="store_true", help="one more rayml run with Ray Data stats")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per child run")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--no-baseline", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--num-cpus", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -463,9 +493,11 @@ def main() -> int:
 
     load, samples, stop = {"before": loadavg()}, [os.getloadavg()[0]], threading.Event()
     threading.Thread(target=sample_load, args=(samples, stop), daemon=True).start()
-    # The baseline runs in the first setting's child only (it uses no Ray), to keep a full run short.
+    # Every child runs the baseline too: pinned to fewer cores, it slows down as well (pyarrow's threads).
+    allowed = sorted(os.sched_getaffinity(0))
     settings = [setting.strip() for setting in args.ray_cpus.split(",")]
-    results = [run_setting(args, setting, data, work, i > 0) for i, setting in enumerate(settings)]
+    results = [run_setting(args, setting, allowed[:int(count)], data, work)
+               for count in args.cores.split(",") for setting in settings]
     problems = check_agreement(results)
     if problems:
         raise SystemExit(f"the runs disagree on the outputs: {problems}")
