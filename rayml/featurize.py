@@ -301,14 +301,15 @@ def run_stage(
     config: FeaturizeConfig,
     out_dir: str | Path,
     storage: StorageConfig | None = None,
-    partials: list[dict[str, Any]] | None = None,
+    fitted: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Split the valid records (``split`` is a ``SplitConfig``), fit on train only, and write the featurized
     ``train``/``val``/``test`` splits as Parquet (``features``, ``label`` and the ``keep`` columns) plus the
     fitted state as ``featurizer.json``. ``valid_path`` and ``out_dir`` may be s3:// (``storage`` reaches them).
 
-    ``partials``, the train rows' statistics gathered while the records were written (``train_stats_tap``
-    with the same ``split`` and ``config``), replace the fitting pass over the records.
+    ``fitted``, a state fitted from the train records' statistics gathered while they were written
+    (``merge_stats`` of ``train_stats_tap``'s results, with the same ``split`` and ``config``), replaces the
+    fitting pass over the records.
     """
     import ray.data
 
@@ -328,13 +329,14 @@ def run_stage(
     records = ray.data.read_parquet(source, filesystem=filesystem, partitioning=None,
                                     override_num_blocks=blocks).select_columns(needed)
     where = _where(split)
-    # Fit on the train rows (a pass over the records unless their statistics came with them), then featurize
-    # every row once and write the three splits in one partitioned write (<out>/_split=train|val|test/).
-    if partials is None:
-        partials = [json.loads(row["stats"]) for row in records.map_batches(
+    # Fit on the train rows (a pass over the records unless the state came fitted), then featurize every row
+    # once and write the three splits in one partitioned write (<out>/_split=train|val|test/).
+    state = fitted
+    if state is None:
+        partials = records.map_batches(
             _train_stats_json, fn_kwargs={"config": config.model_dump(), "where": where}, batch_format="pyarrow"
-        ).take_all()]
-    state = merge_stats(partials, config)
+        ).take_all()
+        state = merge_stats((json.loads(p["stats"]) for p in partials), config)
     if state["rows"] == 0:
         raise DataValidationError("the train split is empty; add data or raise split.train")
     store.write_text(store.join(out, STATE_FILE), dumps(state), storage)
@@ -347,6 +349,7 @@ def run_stage(
               for name, path in paths.items()}
     return {
         "state_path": str(store.join(out, STATE_FILE)),
+        "fitted_from": "records" if fitted is None else "validate",  # a fitting pass, or the validate stage's
         "input_dim": state["output_dim"],
         "label_counts": state.get("label_counts"),
         "task": state["task"],
@@ -391,16 +394,30 @@ def _train_stats_json(batch: pa.Table, config: dict[str, Any], where: dict[str, 
     return {"stats": np.array([json.dumps(_train_stats(batch, config, where))])}
 
 
-def train_stats_tap(split: Any, config: FeaturizeConfig) -> Callable[[pa.Table], dict[str, Any]]:
+def train_stats_tap(split: Any, config: FeaturizeConfig) -> Callable[[pa.Table], dict[str, Any] | None]:
     """For ``validate.run_stage(tap=...)``: the featurizer statistics of a written batch's valid train
-    records, which ``run_stage(partials=...)`` then uses instead of its own fitting pass."""
+    records; ``fit_from_tapped`` of them is the state ``run_stage(fitted=...)`` uses instead of fitting."""
     return functools.partial(_valid_train_stats, config=config.model_dump(), where=_where(split))
 
 
-def _valid_train_stats(batch: pa.Table, config: dict[str, Any], where: dict[str, Any]) -> dict[str, Any]:
+def fit_from_tapped(tapped: list[dict[str, Any] | None], config: FeaturizeConfig) -> dict[str, Any] | None:
+    """The state fitted from ``train_stats_tap``'s results, or None when they do not fit one (e.g. a label
+    outside its task): the featurize stage then fits on its own and reports the problem as its own."""
+    if any(part is None for part in tapped):
+        return None
+    try:
+        return merge_stats(tapped, config)
+    except DataValidationError:
+        return None
+
+
+def _valid_train_stats(batch: pa.Table, config: dict[str, Any], where: dict[str, Any]) -> dict[str, Any] | None:
     from rayml.validate import STATUS, VALID
 
-    return _train_stats(batch.filter(pc.equal(batch.column(STATUS), VALID)), config, where)
+    try:
+        return _train_stats(batch.filter(pc.equal(batch.column(STATUS), VALID)), config, where)
+    except DataValidationError:  # a featurize problem: left to the featurize stage (see fit_from_tapped)
+        return None
 
 
 def _train_stats(batch: pa.Table, config: dict[str, Any], where: dict[str, Any]) -> dict[str, Any]:

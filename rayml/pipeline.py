@@ -221,20 +221,20 @@ def start(job: JobConfig) -> Path | str:
 def prepare(job: JobConfig, run_dir: Path | str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The validate and featurize stages (reused when complete): their manifests.
 
-    The validate stage also gathers the featurizer's statistics of the train records as it writes them, so
-    featurize skips its fitting pass; a reused validate stage's statistics serve only the same split and
-    features (``train_stats.for``), else featurize fits again."""
+    The validate stage also fits the featurizer from the train records' statistics gathered as it writes them,
+    so featurize skips its fitting pass; a reused validate stage's state serves only the same split and
+    features (``fitted.for``), else featurize fits again."""
     fit_for = artifacts.fingerprint([job.split.model_dump(), job.features.model_dump()])
     validated = _stage(run_dir, "validate", [job.source, job.validation],
                        lambda out: _validate(job, out, fit_for), job.storage)
     log.info("validate: read %d, valid %d, quarantined %d (%s)", validated["read_rows"], validated["valid_rows"],
              validated["quarantined_rows"], validated["quarantine_path"])
-    stats = validated.get("train_stats") or {}
-    partials = stats.get("partials") if stats.get("for") == fit_for else None
+    fitted = validated.get("fitted") or {}
+    state = fitted.get("state") if fitted.get("for") == fit_for else None
     featurized = _stage(run_dir, "featurize", [validated["fingerprint"], job.split, job.features],
                         lambda out: featurize.run_stage(validated["valid_path"], split=job.split,
                                                         config=job.features, out_dir=out, storage=job.storage,
-                                                        partials=partials),
+                                                        fitted=state),
                         job.storage)
     log.info("featurize: %d features; rows %s", featurized["input_dim"], featurized["rows"])
     return validated, featurized
@@ -275,7 +275,7 @@ def _stage(run_dir: Path | str, name: str, inputs: list[Any], body: Callable[[An
 def _validate(job: JobConfig, out: Path | str, fit_for: str) -> dict[str, Any]:
     tap = featurize.train_stats_tap(job.split, job.features)
     summary = validate.run_stage(job.source, job.validation, out, job.storage, tap=tap)
-    summary["train_stats"] = {"for": fit_for, "partials": summary.pop("tapped")}
+    summary["fitted"] = {"for": fit_for, "state": featurize.fit_from_tapped(summary.pop("tapped"), job.features)}
     recorders.record_validated(job.name, summary["valid_rows"], summary["quarantined_rows"])
     return summary
 

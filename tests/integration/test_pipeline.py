@@ -69,11 +69,10 @@ def test_featurize_fits_on_the_statistics_gathered_while_validating(fraud_run, t
     instead of reading the records again: the state must equal a fitting pass over the written records."""
     job, run_dir = fraud_run["job"], fraud_run["run_dir"]
     validated = manifest(run_dir, "validate")
-    assert validated["train_stats"]["partials"]
-    train_rows = manifest(run_dir, "featurize")["rows"]["train"]
-    assert sum(p["rows"] for p in validated["train_stats"]["partials"]) == train_rows
+    assert validated["fitted"]["state"]["rows"] == manifest(run_dir, "featurize")["rows"]["train"] > 0
+    assert manifest(run_dir, "featurize")["fitted_from"] == "validate"
     separate = featurize.run_stage(validated["valid_path"], split=job.split, config=job.features,
-                                   out_dir=tmp_path / "refit")  # no partials: its own fitting pass
+                                   out_dir=tmp_path / "refit")  # not fitted: its own fitting pass
     assert_same_state(json.loads((run_dir / "featurize" / featurize.STATE_FILE).read_text()),
                       json.loads(open(separate["state_path"]).read()))
 
@@ -85,10 +84,11 @@ def test_a_reused_validate_stage_refits_for_another_split(fraud_run, fraud_data,
     job = pipeline.load_job(JOB, job_overrides(fraud_data["path"], tmp_path, "run.name=changed",
                                                "split.seed=3"))
     validated, featurized = pipeline.prepare(job, run_dir)
-    assert validated["train_stats"] == manifest(fraud_run["run_dir"], "validate")["train_stats"]  # reused
+    assert validated["fitted"] == manifest(fraud_run["run_dir"], "validate")["fitted"]  # reused
     state = json.loads(open(featurized["state_path"]).read())
     separate = featurize.run_stage(validated["valid_path"], split=job.split, config=job.features,
                                    out_dir=tmp_path / "refit")
+    assert featurized["fitted_from"] == "records" and separate["fitted_from"] == "records"
     assert_same_state(state, json.loads(open(separate["state_path"]).read()))
     assert featurized["rows"]["train"] != manifest(fraud_run["run_dir"], "featurize")["rows"]["train"]
 

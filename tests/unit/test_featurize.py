@@ -61,6 +61,33 @@ def test_chunked_fit_equals_whole_fit(table):
             assert a["std"] == pytest.approx(b["std"], rel=1e-9)
 
 
+def test_the_tap_fits_on_valid_train_rows_and_leaves_label_problems_to_featurize(table):
+    """What the validate stage gathers while writing: statistics of valid train rows only, merged into the
+    state a fitting pass gives; a label outside its task yields no state, so featurize fits and reports it."""
+    from rayml.split import SplitConfig, split_codes
+    from rayml.validate import STATUS
+
+    config, split = cfg(), SplitConfig(key="key", train=0.6, val=0.2, test=0.2)
+    keyed = table.append_column("key", pa.array([f"k{i}" for i in range(table.num_rows)]))
+    status = np.where(np.arange(table.num_rows) % 10 == 0, "quarantined", "valid")
+    written = keyed.append_column(STATUS, pa.array(status))
+    tap = F.train_stats_tap(split, config)
+    fitted = F.fit_from_tapped([tap(written.slice(0, 2000)), tap(written.slice(2000))], config)
+    keep = (split_codes(keyed.column("key"), 0.6, 0.2, 0) == 0) & (status == "valid")
+    expected = fit(keyed.filter(pa.array(keep)), config)
+    assert fitted["rows"] == expected["rows"] == int(keep.sum()) > 0
+    assert fitted["categorical"] == expected["categorical"]
+    assert fitted["label_counts"] == expected["label_counts"]
+    for a, b in zip(fitted["numeric"], expected["numeric"]):
+        assert a["mean"] == pytest.approx(b["mean"], rel=1e-12) and a["std"] == pytest.approx(b["std"], rel=1e-9)
+
+    bad_label = written.set_column(written.schema.get_field_index("y"), "y", pa.array(np.full(table.num_rows, 7)))
+    assert tap(bad_label) is None
+    assert F.fit_from_tapped([tap(written), None], config) is None
+    one_class = cfg(task="multiclass")
+    assert F.fit_from_tapped([F.train_stats_tap(split, one_class)(written.slice(0, 1))], one_class) is None
+
+
 def test_fit_matches_numpy(table):
     state = fit(table, cfg(), chunks=3)
     amount = np.log1p(table.column("amount").to_numpy())
