@@ -15,6 +15,18 @@ import pyarrow as pa
 Tap = Callable[[pa.Table], Any]
 
 
+def write_parquet(dataset: Any, path: str, *, partition_cols: list[str], filesystem: Any = None,
+                  tap: Tap | None = None) -> list[Any] | None:
+    """``dataset.write_parquet(path, partition_cols=..., filesystem=...)``; with ``tap``, the list of
+    ``tap(block)`` for every non-empty block written (see ``tapped_parquet_sink``), else None."""
+    if tap is None:
+        dataset.write_parquet(path, filesystem=filesystem, partition_cols=partition_cols)
+        return None
+    sink = tapped_parquet_sink(path, tap, partition_cols=partition_cols, filesystem=filesystem)
+    dataset.write_datasink(sink)
+    return sink.tapped
+
+
 def tapped_parquet_sink(path: str, tap: Tap, *, partition_cols: list[str], filesystem: Any = None) -> Any:
     """A datasink for ``Dataset.write_datasink`` that writes like ``write_parquet(path, partition_cols=...,
     filesystem=...)``. Once the write has finished, its ``tapped`` attribute lists ``tap(block)`` for every

@@ -30,7 +30,7 @@ from rayml import storage as store
 from rayml.config import StrictModel
 from rayml.errors import DataValidationError
 from rayml.storage import StorageConfig
-from rayml.tapped_sink import Tap, tapped_parquet_sink
+from rayml.tapped_sink import Tap, write_parquet
 
 ColumnType = Literal["string", "float", "int", "bool", "timestamp", "binary"]
 
@@ -223,14 +223,8 @@ def _convert(raw: pa.Table, spec: ColumnSpec, n: int) -> tuple[pa.Array, np.ndar
     return values, bad, why
 
 
-_EXPECTED = {
-    "string": "a string",
-    "float": "a number",
-    "int": "an integer",
-    "bool": "true or false",
-    "timestamp": "an ISO-8601 timestamp",
-    "binary": "bytes (base64 text in JSON)",
-}
+_EXPECTED = {"string": "a string", "float": "a number", "int": "an integer", "bool": "true or false",
+             "timestamp": "an ISO-8601 timestamp", "binary": "bytes (base64 text in JSON)"}
 
 
 def decode_base64(text: str) -> bytes | None:
@@ -375,17 +369,15 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def run_stage(
-    source: Any, config: ValidateConfig, out_dir: str | Path, storage: StorageConfig | None = None,
-    tap: Tap | None = None,
-) -> dict[str, Any]:
+def run_stage(source: Any, config: ValidateConfig, out_dir: str | Path, storage: StorageConfig | None = None,
+              tap: Tap | None = None) -> dict[str, Any]:
     """Read ``source`` (a ``SourceConfig``) on Ray Data, validate every record, and write
     ``<out_dir>/records/_status=valid`` and ``.../_status=quarantined`` in one streaming pass. Either may be
     ``s3://`` (see ``rayml.storage``). Fails with DataValidationError past ``config.max_bad_fraction``; the
     outputs stay to inspect.
 
-    With ``tap``, every written batch (typed records with their ``_status``) also goes through ``tap`` in the
-    write tasks, and the summary's ``tapped`` lists the results (see ``rayml.tapped_sink``).
+    With ``tap``, every written batch (typed, with ``_status``) also goes through ``tap``; the summary's
+    ``tapped`` lists the results (see ``rayml.tapped_sink``).
     """
     from rayml.source import list_files, read_validated
 
@@ -395,12 +387,7 @@ def run_stage(
     dataset = read_validated(source, config.columns, files, storage)
     dataset = dataset.map_batches(_with_status, batch_format="pyarrow")
     filesystem, inner = store.resolve(records, storage) if store.is_remote(records) else (None, str(records))
-    sink = None
-    if tap is None:
-        dataset.write_parquet(inner, filesystem=filesystem, partition_cols=[STATUS])
-    else:
-        sink = tapped_parquet_sink(inner, tap, partition_cols=[STATUS], filesystem=filesystem)
-        dataset.write_datasink(sink)
+    tapped = write_parquet(dataset, inner, partition_cols=[STATUS], filesystem=filesystem, tap=tap)
     valid_path = store.join(records, f"{STATUS}={VALID}")
     quarantine_path = store.join(records, f"{STATUS}={QUARANTINED}")
     valid_rows, bad_rows = parquet_rows(valid_path, storage), parquet_rows(quarantine_path, storage)
@@ -416,8 +403,8 @@ def run_stage(
         "valid_path": str(valid_path),
         "quarantine_path": str(quarantine_path),
     }
-    if sink is not None:
-        summary["tapped"] = sink.tapped
+    if tapped is not None:
+        summary["tapped"] = tapped
     if read_rows == 0:
         raise DataValidationError(f"source {source.path!r} holds no records; nothing to train on")
     if summary["bad_fraction"] > config.max_bad_fraction:
